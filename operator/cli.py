@@ -1,0 +1,5 @@
+"""Command line of the operator (filled in by the operator work)."""
+
+
+def main() -> None:
+    raise SystemExit("avr-operator: not implemented yet")

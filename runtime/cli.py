@@ -1,0 +1,5 @@
+"""Command line of the worker."""
+
+
+def main() -> None:
+    raise SystemExit("avr-runtime: not implemented yet")
