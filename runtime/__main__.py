@@ -1,0 +1,3 @@
+from avr_runtime.cli import main
+
+main()

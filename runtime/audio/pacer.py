@@ -1,0 +1,146 @@
+"""The outbound clock: one frame every 20 ms on the event loop's monotonic clock, silence when idle.
+
+Asterisk plays what it receives as it arrives, so bursts overflow it and gaps click. The pacer never sends two
+frames closer than ``period - max_slew`` apart and never skips a slot; within those bounds it phase-locks to the
+provider so streamed audio waits about ``margin`` in the worker instead of up to a whole period:
+
+- audio arriving into an empty buffer pulls the next slot earlier (at most ``max_slew`` per frame) until it waits
+  only ``margin``;
+- audio that is late for its slot by up to ``margin`` is still sent at once instead of a silence frame (grace);
+- a stream that keeps one or two frames of backlog for a second (a late frame after silence was already sent)
+  drops one frame, so a jitter spike does not add latency for the rest of the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Final
+
+from avr_runtime.audio.buffer import PlayoutBuffer
+
+LATE_AFTER: Final = 0.005
+TRIM_AFTER_TICKS: Final = 50
+
+
+class Pacer:
+    __slots__ = (
+        "_backlog_ticks",
+        "_grace",
+        "_handle",
+        "_loop",
+        "_next",
+        "_on_drop",
+        "_on_late",
+        "_send",
+        "_silence",
+        "_talking",
+        "buffer",
+        "margin",
+        "max_slew",
+        "period",
+    )
+
+    def __init__(
+        self,
+        buffer: PlayoutBuffer,
+        send: Callable[[bytes, float | None], None],
+        silence: bytes,
+        *,
+        period: float = 0.02,
+        margin: float = 0.004,
+        max_slew: float = 0.002,
+        on_late: Callable[[], None] | None = None,
+        on_drop: Callable[[], None] | None = None,
+    ) -> None:
+        self.buffer = buffer
+        self.period = period
+        self.margin = margin
+        self.max_slew = max_slew
+        self._send = send  # (frame, seconds the audio waited here; None for silence)
+        self._silence = silence
+        self._on_late = on_late
+        self._on_drop = on_drop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._next = 0.0
+        self._talking = False
+        self._grace = False
+        self._backlog_ticks = 0
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._next = self._loop.time()
+        self._handle = self._loop.call_at(self._next, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None
+
+    def audio_arrived(self, was_empty: bool) -> None:
+        """Call after pushing provider audio into the buffer."""
+        loop = self._loop
+        if loop is None or self._handle is None or not was_empty:
+            return
+        now = loop.time()
+        if self._grace:
+            # late by less than the margin: play it now rather than after a silence frame
+            self._handle.cancel()
+            self._grace = False
+            self._emit(now)
+            return
+        wait = self._next - now
+        if wait > self.margin:
+            self._next -= min(wait - self.margin, self.max_slew)
+            self._handle.cancel()
+            self._handle = loop.call_at(self._next, self._tick)
+
+    def _emit(self, anchor: float) -> None:
+        """Send the next frame; the following slot is one period after ``anchor``."""
+        assert self._loop is not None
+        item = self.buffer.pop()
+        if item is None:
+            self._send(self._silence, None)
+            self._talking = False
+        else:
+            self._send(item[0], self._loop.time() - item[1])
+            self._talking = True
+            if 1 <= len(self.buffer) <= 2:
+                self._backlog_ticks += 1
+                if self._backlog_ticks >= TRIM_AFTER_TICKS:
+                    self.buffer.pop()
+                    self._backlog_ticks = 0
+                    if self._on_drop:
+                        self._on_drop()
+            else:
+                self._backlog_ticks = 0
+        self._next = anchor + self.period
+        self._handle = self._loop.call_at(self._next, self._tick)
+
+    def _tick(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        slot = self._next
+        if self._grace:  # grace expired with nothing to play
+            self._grace = False
+            self._send(self._silence, None)
+            self._talking = False
+            self._next = slot - self.margin + self.period
+            self._handle = loop.call_at(self._next, self._tick)
+            return
+        lateness = now - slot
+        if lateness > LATE_AFTER and self._on_late:
+            self._on_late()
+        if len(self.buffer) == 0 and self._talking and self.margin > 0:
+            self._grace = True
+            self._next = slot + self.margin
+            self._handle = loop.call_at(self._next, self._tick)
+            return
+        # a stalled loop restarts the grid from now instead of catching up in a burst
+        self._emit(now if lateness > self.period else slot)

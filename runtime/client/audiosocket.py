@@ -1,0 +1,100 @@
+"""An AudioSocket client that behaves like Asterisk: sends the UUID, then one 320-byte frame every 20 ms."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+
+from avr_runtime.audio import pcm
+from avr_runtime.protocol import audiosocket as wire
+
+
+@dataclass
+class CallResult:
+    uuid: str
+    frames_sent: int = 0
+    audio_frames: list[bytes] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    errors: list[int] = field(default_factory=list)
+    hangup: bool = False
+    closed: bool = False
+
+    @property
+    def received_audio(self) -> bytes:
+        return b"".join(self.audio_frames)
+
+    @property
+    def non_silent_frames(self) -> int:
+        return sum(1 for f in self.audio_frames if any(f))
+
+    def gaps_ms(self) -> list[float]:
+        return [(b - a) * 1000 for a, b in zip(self.arrivals, self.arrivals[1:], strict=False)]
+
+
+async def place_call(
+    host: str,
+    port: int,
+    audio: bytes,
+    *,
+    call_uuid: str | None = None,
+    dtmf: dict[int, str] | None = None,
+    tail_s: float = 0.5,
+    hangup: bool = True,
+    frame_bytes: int = pcm.SLIN8_FRAME_BYTES,
+    timeout: float = 60.0,
+) -> CallResult:
+    """Stream ``audio`` paced in real time, then ``tail_s`` of silence, collecting what comes back.
+
+    ``dtmf`` maps a frame index to a digit sent just before that frame.
+    """
+    result = CallResult(call_uuid or str(uuidlib.uuid4()))
+    reader, writer = await asyncio.open_connection(host, port)
+    parser = wire.FrameParser()
+
+    async def receive() -> None:
+        try:
+            await _receive()
+        except ConnectionError:
+            pass
+        result.closed = True
+
+    async def _receive() -> None:
+        while data := await reader.read(65536):
+            now = time.monotonic()
+            for frame in parser.feed(data):
+                if frame.kind is wire.Kind.AUDIO:
+                    result.audio_frames.append(frame.payload)
+                    result.arrivals.append(now)
+                elif frame.kind is wire.Kind.HANGUP:
+                    result.hangup = True
+                elif frame.kind is wire.Kind.ERROR:
+                    result.errors.append(frame.payload[0] if frame.payload else -1)
+
+    receiver = asyncio.create_task(receive())
+    async with asyncio.timeout(timeout):
+        writer.write(wire.uuid_frame(uuidlib.UUID(result.uuid)))
+        padded = audio + pcm.silence(int(tail_s * 8000) * 2)
+        padded += pcm.silence(-len(padded) % frame_bytes)
+        start = time.monotonic()
+        for i in range(len(padded) // frame_bytes):
+            if receiver.done():
+                break
+            if dtmf and i in dtmf:
+                writer.write(wire.encode(wire.Kind.DTMF, dtmf[i].encode()))
+            writer.write(wire.audio_frame(padded[i * frame_bytes : (i + 1) * frame_bytes]))
+            result.frames_sent += 1
+            await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - time.monotonic()))
+        if hangup and not receiver.done():
+            writer.write(wire.HANGUP_FRAME)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(receiver), timeout=5.0)
+    receiver.cancel()
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return result

@@ -1,0 +1,1 @@
+"""Wire protocols: pure parsers and encoders, no I/O."""

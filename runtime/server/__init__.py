@@ -1,0 +1,1 @@
+"""The worker: call legs (AudioSocket, WebSocket stream), the HTTP API, and the process lifecycle."""

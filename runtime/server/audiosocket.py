@@ -1,0 +1,194 @@
+"""The Asterisk leg: an asyncio Protocol per AudioSocket TCP connection.
+
+A Protocol (not the streams API) because this is the hot path: ~2.5x less CPU per frame with uvloop.
+Malformed input ends this connection's call with a logged reason; nothing else is affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from avr_runtime.audio import g711
+from avr_runtime.config import AudioSocketFormat
+from avr_runtime.protocol import audiosocket as wire
+from avr_runtime.protocol.audiosocket import ErrorCode, Kind, ProtocolError
+from avr_runtime.server.call import Call
+from avr_runtime.server.context import WorkerContext
+from avr_runtime.services import metrics
+
+log = logging.getLogger(__name__)
+
+_ULAW_FRAME = 160  # 20 ms of 8-bit G.711: how AVR's core tells G.711 from slin (320 bytes)
+
+
+class AudioSocketConnection(asyncio.Protocol):
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.parser = wire.FrameParser()
+        self.transport: asyncio.Transport | None = None
+        self.call: Call | None = None
+        self.task: asyncio.Task[str] | None = None
+        self.source = "?"
+        self.law: str | None = None  # None = slin; "ulaw"/"alaw" once detected or configured
+        self._format_known = False
+        self._holds_slot = False
+        self._paused = False
+        self._closed = False
+
+    # --- admission ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport is not a subclass
+        peer = transport.get_extra_info("peername")
+        self.source = peer[0] if peer else "?"
+        ctx = self.ctx
+        if ctx.draining:
+            self._refuse("draining", ErrorCode.DRAINING)
+            return
+        if ctx.call_limiter.hit(self.source) is not None:
+            metrics.RATE_LIMITED.labels("call").inc()
+            self._refuse("rate_limited", ErrorCode.RATE_LIMITED)
+            return
+        if not ctx.slots.try_acquire():
+            self._refuse("at_capacity", ErrorCode.AT_CAPACITY)
+            return
+        self._holds_slot = True
+        ctx.update_readiness()
+        fmt = ctx.settings.audiosocket_format
+        if fmt is not AudioSocketFormat.AUTO:
+            self.law = None if fmt is AudioSocketFormat.SLIN else fmt.value
+            self._format_known = True
+
+    def _refuse(self, reason: str, code: ErrorCode) -> None:
+        metrics.CALLS_REFUSED.labels(reason).inc()
+        log.warning("call from %s refused: %s", self.source, reason, extra={"reason": reason})
+        assert self.transport is not None
+        self.transport.write(wire.error_frame(code))
+        self.transport.close()
+        self._closed = True
+
+    def _release(self) -> None:
+        if self._holds_slot:
+            self._holds_slot = False
+            self.ctx.slots.release()
+            self.ctx.update_readiness()
+
+    # --- input ---
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            for frame in self.parser.feed(data):
+                self._dispatch(frame.kind, frame.payload)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+
+    def _dispatch(self, kind: Kind, payload: bytes) -> None:
+        call = self.call
+        if kind is Kind.AUDIO:
+            if call is None:
+                raise ProtocolError("audio_before_uuid", "audio received before the call identifier")
+            if not self._format_known:
+                self._detect(payload)
+            if self.law is not None:
+                payload = g711.ulaw_to_pcm(payload) if self.law == "ulaw" else g711.alaw_to_pcm(payload)
+            elif len(payload) % 2:
+                raise ProtocolError("bad_length", f"slin payload of odd length {len(payload)}")
+            call.feed_audio(payload)
+        elif kind is Kind.UUID:
+            if call is not None:
+                raise ProtocolError("duplicate_uuid", "a second call identifier on one connection")
+            try:
+                call_uuid = wire.parse_uuid(payload)
+            except ValueError as exc:
+                raise ProtocolError("bad_uuid", str(exc)) from None
+            self.call = Call(self.ctx, call_uuid, self, "audiosocket", self.source)
+            self.task = asyncio.ensure_future(self.call.run())
+        elif kind is Kind.DTMF:
+            if call is None:
+                raise ProtocolError("dtmf_before_uuid", "DTMF received before the call identifier")
+            call.dtmf(wire.parse_dtmf(payload))
+        elif kind is Kind.HANGUP:
+            if call is not None:
+                call.end("hangup")
+            else:
+                self._close()
+        elif kind is Kind.ERROR:
+            code = payload.hex() or "none"
+            log.warning("Asterisk reported an error (code %s)", code, extra={"uuid": call.uuid if call else None})
+            if call is not None:
+                call.end("asterisk_error")
+            else:
+                self._close()
+
+    def _detect(self, payload: bytes) -> None:
+        self._format_known = True
+        if len(payload) == _ULAW_FRAME:
+            self.law = g711.guess_law(payload)
+            log.info("call %s: G.711 %s detected", self.call.uuid if self.call else "?", self.law)
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        metrics.PROTOCOL_ERRORS.labels("audiosocket", exc.reason).inc()
+        call_uuid = self.call.uuid if self.call else None
+        log.warning(
+            "malformed AudioSocket input from %s: %s",
+            self.source,
+            exc,
+            extra={"uuid": call_uuid, "reason": exc.reason},
+        )
+        self._closed = True
+        if self.call is not None:
+            self.call.end(f"protocol_error:{exc.reason}")
+        elif self.transport is not None:
+            self.transport.write(wire.error_frame(ErrorCode.PROTOCOL))
+            self._close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed:
+            try:
+                self.parser.close()
+            except ProtocolError as perr:
+                metrics.PROTOCOL_ERRORS.labels("audiosocket", perr.reason).inc()
+                log.warning("AudioSocket from %s: %s", self.source, perr, extra={"reason": perr.reason})
+        self._closed = True
+        if self.call is not None:
+            self.call.end("disconnected")
+        else:
+            self._release()
+
+    # --- flow control from the kernel socket buffer ---
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+
+    # --- Leg ---
+
+    def send_frame(self, frame: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._paused:  # Asterisk is not reading: drop rather than buffer without bound
+            metrics.DROPPED_BACKPRESSURE.inc()
+            return
+        if self.law is not None:
+            frame = g711.pcm_to_ulaw(frame) if self.law == "ulaw" else g711.pcm_to_alaw(frame)
+        transport.write(wire.audio_frame(frame))
+
+    def hang_up(self, reason: str, error_code: int | None) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if error_code is not None or reason.startswith("protocol_error"):
+                transport.write(wire.error_frame(error_code if error_code is not None else ErrorCode.PROTOCOL))
+            transport.write(wire.HANGUP_FRAME)
+        self._close()
+
+    def _close(self) -> None:
+        self._closed = True
+        if self.transport is not None:
+            self.transport.close()
+        self._release()

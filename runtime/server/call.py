@@ -1,0 +1,199 @@
+"""One call, whichever leg carries it: provider session, playout buffer and pacer, barge-in, events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any, Protocol
+
+from avr_runtime.audio import pcm
+from avr_runtime.audio.buffer import AnalysisWindows, PlayoutBuffer
+from avr_runtime.audio.pacer import Pacer
+from avr_runtime.audio.resample import Upsampler
+from avr_runtime.audio.vad import EnergyVad
+from avr_runtime.protocol.audiosocket import ErrorCode
+from avr_runtime.server.context import WorkerContext
+from avr_runtime.services import metrics
+from avr_runtime.services.pool import ProviderUnavailable
+from avr_runtime.services.providers.base import ProviderSession
+
+log = logging.getLogger("avr_runtime.call")
+
+
+class Leg(Protocol):
+    """The caller's side of a call (AudioSocket connection or WebSocket stream)."""
+
+    def send_frame(self, frame: bytes) -> None:
+        """One 20 ms frame of PCM16 8 kHz for the caller."""
+
+    def hang_up(self, reason: str, error_code: int | None) -> None:
+        """End the connection; ``error_code`` set when the call ends because of a failure."""
+
+
+_observe_frame = metrics.FRAME_LATENCY.observe
+_out_audio = metrics.FRAMES_OUT_AUDIO.inc
+_out_silence = metrics.FRAMES_OUT_SILENCE.inc
+
+
+class Call:
+    def __init__(self, ctx: WorkerContext, call_uuid: str, leg: Leg, leg_name: str, source: str) -> None:
+        self.ctx = ctx
+        self.uuid = call_uuid
+        self.leg = leg
+        self.leg_name = leg_name
+        self.source = source
+        self.metadata: dict[str, Any] = ctx.metadata.pop(call_uuid, {})
+        s = ctx.settings
+        self.playout = PlayoutBuffer(
+            pcm.SLIN8_FRAME_BYTES, max(1, s.playout_max_ms // pcm.FRAME_MS), s.playout_overflow
+        )
+        self.pacer = Pacer(
+            self.playout,
+            self._send,
+            pcm.silence(pcm.SLIN8_FRAME_BYTES),
+            margin=s.playout_margin_ms / 1000,
+            on_late=metrics.FRAMES_LATE.inc,
+            on_drop=metrics.FRAMES_DROPPED.labels("latency").inc,
+        )
+        self.session: ProviderSession | None = None
+        self._ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._started = time.monotonic()
+        self._frames_in = 0
+        # local barge-in detection: the HTTP chain has no provider-side VAD
+        self._vad: EnergyVad | None = None
+        self._windows: AnalysisWindows | None = None
+        self._up: Upsampler | None = None
+        if s.mode == "chain":
+            self._vad = EnergyVad()
+            self._windows = AnalysisWindows(s.buffer_size, s.buffer_overlap)
+            self._up = Upsampler() if s.audio_sample_rate == 16000 else None
+
+    # --- from the leg ---
+
+    def feed_audio(self, frame: bytes) -> None:
+        """Caller audio, PCM16 8 kHz. Hot path."""
+        self._frames_in += 1
+        if self.session is not None:
+            self.session.send_audio(frame)
+        if self._windows is not None:
+            self._analyse(frame)
+
+    def _analyse(self, frame: bytes) -> None:
+        assert self._windows is not None and self._vad is not None
+        data = self._up.process(frame) if self._up is not None else frame
+        for window in self._windows.feed(data):
+            if self._vad.update(window) == "start" and len(self.playout):
+                self.on_interruption("vad")
+
+    def dtmf(self, digit: str) -> None:
+        log.debug("call %s: DTMF %s", self.uuid, digit)
+        if self.session is not None:
+            self.session.send_dtmf(digit)
+        self.ctx.emit(self.uuid, "dtmf_digit", {"digit": digit})
+
+    def end(self, reason: str) -> None:
+        if not self._ended.done():
+            self._ended.set_result(reason)
+
+    # --- from the provider (Listener) ---
+
+    def on_audio(self, data: bytes) -> None:
+        was_empty = not self.playout
+        dropped = self.playout.push(data, time.monotonic())
+        if dropped:
+            metrics.DROPPED_OVERFLOW.inc(dropped)
+        self.pacer.audio_arrived(was_empty)
+
+    def on_interruption(self, source: str) -> None:
+        cleared = self.playout.clear()
+        if cleared:
+            metrics.DROPPED_BARGEIN.inc(cleared)
+        metrics.INTERRUPTIONS.labels(source).inc()
+        if self.session is not None:
+            self.session.interrupt()
+        self.ctx.emit(self.uuid, "interruption", {"source": source, "frames_cleared": cleared})
+
+    def on_transcript(self, role: str, text: str) -> None:
+        self.ctx.emit(self.uuid, "transcription", {"role": role, "text": text})
+
+    def on_turn_latency(self, seconds: float) -> None:
+        metrics.TURN_LATENCY.observe(seconds)
+
+    # --- out ---
+
+    def _send(self, frame: bytes, waited: float | None) -> None:
+        if waited is None:
+            _out_silence()
+        else:
+            _out_audio()
+            _observe_frame(waited)
+        self.leg.send_frame(frame)
+
+    # --- lifecycle ---
+
+    async def _connect(self, session: ProviderSession) -> str | None:
+        """Start the provider session unless the caller leaves first; returns an end reason on failure."""
+        start = asyncio.ensure_future(session.start())
+        with metrics.queued():
+            await asyncio.wait({start, self._ended}, return_when=asyncio.FIRST_COMPLETED)
+        if not start.done():
+            start.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ProviderUnavailable):
+                await start
+            return None
+        try:
+            start.result()
+        except ProviderUnavailable as exc:
+            log.warning("call %s: %s", self.uuid, exc, extra={"uuid": self.uuid})
+            metrics.PROVIDER_ERRORS.labels(exc.provider, "unavailable").inc()
+            return "provider_unavailable"
+        return None
+
+    async def run(self) -> str:
+        """Connect the provider, play until the call ends; returns the reason it ended."""
+        ctx = self.ctx
+        ctx.calls[self.uuid] = self
+        metrics.CALLS_STARTED.labels(self.leg_name).inc()
+        log.info(
+            "call started",
+            extra={"uuid": self.uuid, "leg": self.leg_name, "source": self.source, "mode": ctx.settings.mode},
+        )
+        ctx.emit(self.uuid, "call_started", {"leg": self.leg_name, **self.metadata})
+        self.pacer.start()
+        reason = "cancelled"
+        failed = False
+        try:
+            self.session = session = ctx.new_session(self.uuid, self, self.metadata)
+            if session is None:
+                reason = await self._ended
+            elif (failure := await self._connect(session)) is not None:
+                reason, failed = failure, True
+            else:
+                await asyncio.wait({self._ended, session.ended}, return_when=asyncio.FIRST_COMPLETED)
+                if self._ended.done():
+                    reason = self._ended.result()
+                else:
+                    reason, failed = session.ended.result(), True
+        finally:
+            self.pacer.stop()
+            if self.session is not None:
+                with contextlib.suppress(Exception):
+                    await self.session.close()
+            self.leg.hang_up(reason, ErrorCode.PROVIDER_UNAVAILABLE if failed else None)
+            ctx.calls.pop(self.uuid, None)
+            metrics.CALLS_ENDED.labels(reason.split(":")[0]).inc()
+            duration = time.monotonic() - self._started
+            log.info(
+                "call ended",
+                extra={
+                    "uuid": self.uuid,
+                    "leg": self.leg_name,
+                    "reason": reason,
+                    "duration_s": round(duration, 3),
+                    "frames_in": self._frames_in,
+                },
+            )
+            ctx.emit(self.uuid, "call_ended", {"reason": reason, "duration": round(duration, 3)})
+        return reason

@@ -1,0 +1,106 @@
+"""Everything calls share inside one worker process, built once at start-up."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cachetools import TTLCache
+
+from avr_runtime.config import Settings
+from avr_runtime.services import metrics
+from avr_runtime.services.cache import TtsCache
+from avr_runtime.services.limiter import CallSlots, RateLimiter
+from avr_runtime.services.pool import HttpPool, RetryPolicy
+from avr_runtime.services.providers.base import Listener, ProviderSession
+from avr_runtime.services.providers.chain import ChainSession, TtsClient
+from avr_runtime.services.providers.sts import StsSession
+from avr_runtime.services.webhooks import WebhookSender
+
+if TYPE_CHECKING:
+    from avr_runtime.server.call import Call
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    policy: RetryPolicy
+    cache: TtsCache
+    http_limiter: RateLimiter
+    call_limiter: RateLimiter
+    slots: CallSlots
+    metadata: TTLCache[str, dict[str, Any]]
+    webhooks: WebhookSender | None = None
+    sts: HttpPool | None = None
+    asr: HttpPool | None = None
+    llm: HttpPool | None = None
+    tts: TtsClient | None = None
+    calls: dict[str, Call] = field(default_factory=dict)
+    draining: bool = False
+
+    @classmethod
+    def create(cls, settings: Settings) -> WorkerContext:
+        """Build pools and clients; must run inside the event loop (aiohttp sessions bind to it)."""
+        policy = RetryPolicy(retries=settings.max_retries, timeout=settings.connection_timeout / 1000)
+        size = settings.connection_pool_size
+        ctx = cls(
+            settings=settings,
+            policy=policy,
+            cache=TtsCache(settings.cache_max_size, settings.cache_ttl),
+            http_limiter=RateLimiter(settings.rate_limit, settings.rate_window),
+            call_limiter=RateLimiter(settings.rate_limit, settings.rate_window),
+            slots=CallSlots(settings.max_concurrent_calls),
+            metadata=TTLCache(maxsize=100_000, ttl=settings.call_metadata_ttl),
+        )
+        if settings.sts_url:
+            ctx.sts = HttpPool("sts", size, policy, limited=False)
+        if settings.asr_url and settings.llm_url and settings.tts_url:
+            ctx.asr = HttpPool("asr", size, policy, limited=False)
+            ctx.llm = HttpPool("llm", size, policy)
+            ctx.tts = TtsClient(HttpPool("tts", size, policy), settings.tts_url, settings.tts_voice, ctx.cache)
+        if settings.webhook_url:
+            secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+            ctx.webhooks = WebhookSender(
+                settings.webhook_url, secret, settings.webhook_timeout, settings.webhook_retry
+            )
+            ctx.webhooks.start()
+        ctx.update_readiness()
+        return ctx
+
+    def new_session(self, call_uuid: str, listener: Listener, metadata: dict[str, Any]) -> ProviderSession | None:
+        s = self.settings
+        if self.sts is not None and s.sts_url:
+            return StsSession(self.sts, s.sts_url, call_uuid, listener, metadata)
+        if self.asr and self.llm and self.tts and s.asr_url and s.llm_url:
+            return ChainSession(
+                asr=self.asr,
+                llm=self.llm,
+                tts=self.tts,
+                asr_url=s.asr_url,
+                llm_url=s.llm_url,
+                call_uuid=call_uuid,
+                listener=listener,
+            )
+        return None
+
+    def emit(self, call_uuid: str, kind: str, payload: dict[str, Any] | None = None) -> None:
+        if self.webhooks is not None:
+            self.webhooks.emit(call_uuid, kind, payload)
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining and not self.slots.full
+
+    def update_readiness(self) -> None:
+        metrics.READY.set(1 if self.ready else 0)
+        metrics.ACTIVE_CALLS.set(self.slots.active)
+
+    async def close(self) -> None:
+        if self.webhooks is not None:
+            await self.webhooks.close()
+        for pool in (self.sts, self.asr, self.llm, self.tts.pool if self.tts else None):
+            if pool is not None:
+                await pool.close()

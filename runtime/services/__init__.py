@@ -1,0 +1,1 @@
+"""Services the calls share: metrics, cache, limiter, provider pools and clients, webhooks."""

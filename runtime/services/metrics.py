@@ -1,0 +1,77 @@
+"""Prometheus metrics of the worker. Names are part of the interface (dashboards, the HPA): keep them stable.
+
+Label children that are touched per frame are bound once here: ``labels()`` costs ~1.7 µs, ``inc()`` ~0.4 µs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_MS_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
+_REQ_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+ACTIVE_CALLS: Final = Gauge("avr_active_calls", "Calls in progress on this worker (AudioSocket and stream legs).")
+QUEUE_LENGTH: Final = Gauge(
+    "avr_queue_length",
+    "Units of work waiting right now: calls accepted but still waiting for their provider connection, plus "
+    "provider requests waiting for a free pooled connection. The autoscaling signal.",
+)
+READY: Final = Gauge("avr_ready", "1 when the worker accepts new calls (not draining, below capacity).")
+DRAINING: Final = Gauge("avr_draining", "1 after SIGTERM while live calls finish.")
+CALLS_STARTED: Final = Counter("avr_calls_started_total", "Calls accepted.", ["leg"])
+CALLS_ENDED: Final = Counter("avr_calls_ended_total", "Calls ended, by reason.", ["reason"])
+CALLS_REFUSED: Final = Counter("avr_calls_refused_total", "New calls refused, by reason.", ["reason"])
+PROTOCOL_ERRORS: Final = Counter(
+    "avr_protocol_errors_total", "Malformed input that ended a call, by reason.", ["leg", "reason"]
+)
+RATE_LIMITED: Final = Counter("avr_rate_limited_total", "Requests or calls refused by the rate limiter.", ["scope"])
+FRAME_LATENCY: Final = Histogram(
+    "avr_frame_latency_seconds",
+    "Time provider audio waits in the worker before it is sent to the caller (playout and pacing).",
+    buckets=_MS_BUCKETS,
+)
+TURN_LATENCY: Final = Histogram(
+    "avr_turn_latency_seconds",
+    "From the end of the caller's utterance (transcript received) to the first audio of the reply.",
+    buckets=_REQ_BUCKETS,
+)
+PROVIDER_DURATION: Final = Histogram(
+    "avr_provider_request_duration_seconds",
+    "Provider requests and connections, until the response completed.",
+    ["provider"],
+    buckets=_REQ_BUCKETS,
+)
+PROVIDER_ERRORS: Final = Counter("avr_provider_errors_total", "Provider failures, by kind.", ["provider", "reason"])
+PROVIDER_RETRIES: Final = Counter("avr_provider_retries_total", "Provider attempts retried.", ["provider"])
+CACHE_HITS: Final = Counter("avr_cache_hits_total", "TTS cache hits.")
+CACHE_MISSES: Final = Counter("avr_cache_misses_total", "TTS cache misses.")
+CACHE_ENTRIES: Final = Gauge("avr_cache_entries", "TTS phrases cached.")
+FRAMES_DROPPED: Final = Counter(
+    "avr_frames_dropped_total", "Audio frames discarded, by reason (overflow, bargein, backpressure).", ["reason"]
+)
+FRAMES_LATE: Final = Counter(
+    "avr_frames_late_total", "Outbound frames sent more than 5 ms after their slot (the event loop was late)."
+)
+FRAMES_OUT: Final = Counter("avr_frames_out_total", "Outbound frames sent to callers.", ["kind"])
+INTERRUPTIONS: Final = Counter("avr_interruptions_total", "Barge-ins: queued agent audio discarded.", ["source"])
+WEBHOOKS: Final = Counter("avr_webhook_deliveries_total", "Webhook deliveries, by outcome.", ["outcome"])
+
+FRAMES_OUT_AUDIO: Final = FRAMES_OUT.labels("audio")
+FRAMES_OUT_SILENCE: Final = FRAMES_OUT.labels("silence")
+DROPPED_OVERFLOW: Final = FRAMES_DROPPED.labels("overflow")
+DROPPED_BARGEIN: Final = FRAMES_DROPPED.labels("bargein")
+DROPPED_BACKPRESSURE: Final = FRAMES_DROPPED.labels("backpressure")
+
+
+@contextmanager
+def queued() -> Iterator[None]:
+    """Count a unit of work in ``avr_queue_length`` while it waits."""
+    QUEUE_LENGTH.inc()
+    try:
+        yield
+    finally:
+        QUEUE_LENGTH.dec()

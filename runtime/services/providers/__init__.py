@@ -1,0 +1,1 @@
+"""Clients for AVR's provider protocols."""

@@ -1,0 +1,45 @@
+"""What a call needs from a provider session, whatever protocol carries it."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from typing import Protocol
+
+
+class Listener(Protocol):
+    """The call's side: provider sessions report through these (all called on the event loop)."""
+
+    def on_audio(self, pcm: bytes) -> None: ...
+    def on_interruption(self, source: str) -> None: ...
+    def on_transcript(self, role: str, text: str) -> None: ...
+    def on_turn_latency(self, seconds: float) -> None: ...
+
+
+class ProviderSession(abc.ABC):
+    """One call's conversation with its provider(s). Audio in and out is PCM16 8 kHz mono."""
+
+    def __init__(self) -> None:
+        self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect (with the pool's timeout and retries); raises ProviderUnavailable."""
+
+    @abc.abstractmethod
+    def send_audio(self, pcm: bytes) -> None:
+        """Caller audio; must not block (it runs 50 times a second per call)."""
+
+    @abc.abstractmethod
+    def send_dtmf(self, digit: str) -> None: ...
+
+    def interrupt(self) -> None:
+        """The caller barged in: stop producing the current reply."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    def _end(self, reason: str) -> None:
+        """The provider side ended the session (closed, or failed beyond retries)."""
+        if not self.ended.done():
+            self.ended.set_result(reason)
