@@ -1,0 +1,1 @@
+"""The AVRDeployment API: pydantic models, and the CRD generated from them."""

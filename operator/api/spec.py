@@ -1,0 +1,472 @@
+"""The AVRDeployment spec. Defaults follow AVR's performance guide; bounds follow what the worker accepts."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from avr_operator.api.base import ApiModel, Rule
+from avr_operator.api.types import (
+    EnvFromSource,
+    EnvVar,
+    ImagePullSecret,
+    IntOrPercent,
+    Quantity,
+    Resources,
+    SecretKeySelector,
+    env_field,
+    env_from_field,
+    resources_field,
+)
+
+Image = Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+
+
+def sub(model: type[ApiModel], description: str) -> Any:
+    """A nested block that is always present: `default: {}` lets the API server fill in its own defaults."""
+    return Field(default_factory=model, description=description, json_schema_extra={"default": {}})
+
+
+def _zero(value: int | str) -> bool:
+    return str(value) in ("0", "0%")
+
+
+# --- core --------------------------------------------------------------------------------------------------
+
+
+class AudioSpec(ApiModel):
+    """Audio of the client stream leg and the analysis windows (AUDIO_*, BUFFER_*)."""
+
+    sample_rate: Literal[8000, 16000] = Field(
+        16000, description="Sample rate in Hz of the stream leg and analysis windows (AUDIO_SAMPLE_RATE)."
+    )
+    buffer_size: int = Field(
+        1024, ge=64, le=65536, description="Analysis window in samples, 1024 = 64 ms at 16 kHz (BUFFER_SIZE)."
+    )
+    overlap: float = Field(
+        0.5, ge=0.0, lt=1.0, description="Overlap of successive windows, 0 to <1 (BUFFER_OVERLAP)."
+    )
+    codec: Literal["opus", "pcm16", "ulaw", "alaw"] = Field(
+        "opus", description="Codec of the client stream leg (AUDIO_CODEC)."
+    )
+    bitrate: int = Field(16000, ge=6000, le=510000, description="Opus bitrate in bits/s (AUDIO_BITRATE).")
+    channels: int = Field(1, ge=1, le=2, description="Channels of the stream leg (AUDIO_CHANNELS).")
+
+    rules = (
+        Rule(
+            "double(self.bufferSize) * (1.0 - self.overlap) >= 1.0",
+            "bufferSize * (1 - overlap) must be at least one sample",
+            lambda s: s.buffer_size * (1.0 - s.overlap) >= 1.0,
+        ),
+    )
+
+
+class ConnectionSpec(ApiModel):
+    """Connections from the core to its providers."""
+
+    pool_size: int = Field(
+        10, ge=1, le=1000, description="Connections kept per provider (CONNECTION_POOL_SIZE)."
+    )
+    timeout_ms: int = Field(
+        5000, ge=1, le=600000, description="Connect/request timeout in milliseconds (CONNECTION_TIMEOUT)."
+    )
+    max_retries: int = Field(
+        3, ge=0, le=20, description="Retries of a failed provider request (MAX_RETRIES)."
+    )
+
+
+class CacheSpec(ApiModel):
+    """LRU cache of synthesised speech (same text, same audio)."""
+
+    max_size: int = Field(
+        1000, ge=0, le=10_000_000, description="Entries kept; 0 disables the cache (CACHE_MAX_SIZE)."
+    )
+    ttl_seconds: int = Field(3600, ge=1, le=604800, description="Seconds an entry lives (CACHE_TTL).")
+
+
+class RateLimitSpec(ApiModel):
+    """Requests allowed per client and window."""
+
+    requests: int = Field(100, ge=1, le=1_000_000, description="Requests per window and client (RATE_LIMIT).")
+    window_seconds: int = Field(
+        60, ge=1, le=86400, description="Length of the window in seconds (RATE_WINDOW)."
+    )
+
+
+class LoggingSpec(ApiModel):
+    """Worker logs."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level (LOG_LEVEL).")
+    format: Literal["json", "text"] = Field("json", description="Log line format (LOG_FORMAT).")
+    rotation: str = Field(
+        "100MB",
+        max_length=16,
+        pattern=r"^[0-9]+(\.[0-9]+)?([KMGkmg][iI]?[bB]?|[bB])?$",
+        description="Size at which a log file rotates, e.g. 100MB or 512KiB (LOG_ROTATION).",
+    )
+
+
+class DrainSpec(ApiModel):
+    """How a terminating core pod lets live calls finish."""
+
+    timeout_seconds: int = Field(
+        300,
+        ge=0,
+        le=86400,
+        description=(
+            "Seconds live calls may continue after SIGTERM (DRAIN_TIMEOUT). The pod's "
+            "terminationGracePeriodSeconds is preStopSeconds + timeoutSeconds + a 15 s margin."
+        ),
+    )
+    pre_stop_seconds: int = Field(
+        5,
+        ge=0,
+        le=120,
+        description=(
+            "Sleep before SIGTERM so the pod leaves the Service endpoints first (sleep lifecycle action, "
+            "Kubernetes >= 1.30); 0 disables the hook."
+        ),
+    )
+
+
+class WebhookSpec(ApiModel):
+    """Call events POSTed to an HTTP endpoint."""
+
+    url: str = Field(
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Endpoint receiving call events (WEBHOOK_URL).",
+    )
+    secret_ref: SecretKeySelector | None = Field(
+        None, description="Secret key sent as header X-AVR-WEBHOOK-SECRET (WEBHOOK_SECRET)."
+    )
+    timeout_ms: int = Field(
+        3000, ge=1, le=60000, description="Request timeout in milliseconds (WEBHOOK_TIMEOUT)."
+    )
+    retries: int = Field(0, ge=0, le=10, description="Retries of a failed delivery (WEBHOOK_RETRY).")
+
+
+class PortsSpec(ApiModel):
+    """Listening ports of the core."""
+
+    audio_socket: Port = Field(5001, description="Asterisk AudioSocket TCP port (PORT).")
+    http: Port = Field(3000, description="HTTP port: /health, /ready, /metrics, /call (HTTP_PORT).")
+
+    rules = (
+        Rule(
+            "self.audioSocket != self.http",
+            "audioSocket and http ports must differ",
+            lambda s: s.audio_socket != s.http,
+        ),
+    )
+
+
+class CoreSpec(ApiModel):
+    """The AVR core: the worker Asterisk connects to, which drives the providers."""
+
+    image: Image = Field(
+        description="Worker image speaking AVR's core protocols (GET /health, /ready, /metrics)."
+    )
+    image_pull_policy: PullPolicy | None = Field(None, description="When to pull the image.")
+    replicas: int = Field(
+        3,
+        ge=0,
+        le=1000,
+        description="Pods when autoscaling is disabled (ignored while the HPA owns replicas).",
+    )
+    resources: Resources = resources_field(
+        {"cpu": "1", "memory": "1Gi"}, {"cpu": "2", "memory": "2Gi"}, "CPU and memory of each core pod."
+    )
+    audio: AudioSpec = sub(AudioSpec, "Audio format and analysis windows.")
+    connection: ConnectionSpec = sub(ConnectionSpec, "Connections to the providers.")
+    cache: CacheSpec = sub(CacheSpec, "TTS audio cache.")
+    rate_limit: RateLimitSpec = sub(RateLimitSpec, "Per-client request rate limit.")
+    max_concurrent_calls: int = Field(
+        500,
+        ge=1,
+        le=100000,
+        description="Calls one pod accepts; /ready fails at capacity (MAX_CONCURRENT_CALLS).",
+    )
+    logging: LoggingSpec = sub(LoggingSpec, "Logging.")
+    drain: DrainSpec = sub(DrainSpec, "Call draining on shutdown.")
+    webhook: WebhookSpec | None = Field(None, description="Call event webhook; unset disables it.")
+    ports: PortsSpec = sub(PortsSpec, "Listening ports.")
+    env: tuple[EnvVar, ...] = env_field("core")
+    env_from: tuple[EnvFromSource, ...] = env_from_field("core")
+    run_as_user: int = Field(1000, ge=1, le=2147483647, description="Non-root user id the containers run as.")
+
+
+# --- providers ---------------------------------------------------------------------------------------------
+
+
+class ProviderAutoscalingSpec(ApiModel):
+    """CPU-based autoscaling of a provider (providers export no queue metric)."""
+
+    enabled: bool = Field(False, description="Create a HorizontalPodAutoscaler for this provider.")
+    min_replicas: int = Field(1, ge=1, le=1000, description="Fewest pods.")
+    max_replicas: int = Field(5, ge=1, le=1000, description="Most pods.")
+    target_cpu_utilization: int = Field(
+        70, ge=1, le=100, description="Target average CPU use, % of requests."
+    )
+
+    rules = (
+        Rule(
+            "self.minReplicas <= self.maxReplicas",
+            "minReplicas must not exceed maxReplicas",
+            lambda s: s.min_replicas <= s.max_replicas,
+        ),
+    )
+
+
+class ProviderSpec(ApiModel):
+    """One AVR provider container (AVR's own images, e.g. agentvoiceresponse/avr-sts-openai)."""
+
+    image: Image = Field(description="Provider image, e.g. agentvoiceresponse/avr-sts-openai.")
+    image_pull_policy: PullPolicy | None = Field(None, description="When to pull the image.")
+    port: Port = Field(description="Port the provider listens on (passed to it as PORT).")
+    replicas: int = Field(1, ge=0, le=1000, description="Pods when autoscaling is disabled.")
+    resources: Resources = resources_field(
+        {"cpu": "250m", "memory": "256Mi"},
+        {"cpu": "1", "memory": "1Gi"},
+        "CPU and memory of each provider pod.",
+    )
+    env: tuple[EnvVar, ...] = env_field("provider")
+    env_from: tuple[EnvFromSource, ...] = env_from_field("provider")
+    autoscaling: ProviderAutoscalingSpec = sub(ProviderAutoscalingSpec, "CPU autoscaling.")
+    drain_seconds: int = Field(
+        300,
+        ge=0,
+        le=86400,
+        description=(
+            "Seconds a terminating provider pod keeps serving the connections it has, out of the Service "
+            "endpoints (a preStop sleep: AVR's provider images exit at once on SIGTERM); 0 disables it."
+        ),
+    )
+    run_as_user: int = Field(1000, ge=1, le=2147483647, description="Non-root user id the container runs as.")
+
+
+class StsProviderSpec(ProviderSpec):
+    """The speech-to-speech provider (AVR ports 6030-6041)."""
+
+    port: Port = Field(6030, description="Port the provider listens on (passed to it as PORT).")
+
+
+class AsrProviderSpec(ProviderSpec):
+    """The speech-to-text provider (AVR port 6010)."""
+
+    port: Port = Field(6010, description="Port the provider listens on (passed to it as PORT).")
+
+
+class LlmProviderSpec(ProviderSpec):
+    """The language model provider (AVR port 6002)."""
+
+    port: Port = Field(6002, description="Port the provider listens on (passed to it as PORT).")
+
+
+class TtsProviderSpec(ProviderSpec):
+    """The text-to-speech provider (AVR ports 6011/6012)."""
+
+    port: Port = Field(6012, description="Port the provider listens on (passed to it as PORT).")
+
+
+class ProvidersSpec(ApiModel):
+    """Either one speech-to-speech provider, or the ASR, LLM and TTS trio."""
+
+    sts: StsProviderSpec | None = Field(
+        None, description="Speech-to-speech provider, wired as STS_URL=ws://<service>:<port>."
+    )
+    asr: AsrProviderSpec | None = Field(
+        None,
+        description="Speech recognition, wired as ASR_URL=http://<service>:<port>/speech-to-text-stream.",
+    )
+    llm: LlmProviderSpec | None = Field(
+        None, description="Language model, wired as LLM_URL=http://<service>:<port>/prompt-stream."
+    )
+    tts: TtsProviderSpec | None = Field(
+        None, description="Speech synthesis, wired as TTS_URL=http://<service>:<port>/text-to-speech-stream."
+    )
+
+    rules = (
+        Rule(
+            "has(self.sts) ? !(has(self.asr) || has(self.llm) || has(self.tts))"
+            " : (has(self.asr) && has(self.llm) && has(self.tts))",
+            "set either providers.sts, or all of providers.asr, providers.llm and providers.tts",
+            lambda s: (not (s.asr or s.llm or s.tts)) if s.sts else bool(s.asr and s.llm and s.tts),
+        ),
+    )
+
+    def items(self) -> list[tuple[str, ProviderSpec]]:
+        """The configured providers by role, in wiring order."""
+        found = [("sts", self.sts), ("asr", self.asr), ("llm", self.llm), ("tts", self.tts)]
+        return [(role, p) for role, p in found if p is not None]
+
+
+# --- scaling, rollout, availability, service ---------------------------------------------------------
+
+
+class ScalingPolicy(ApiModel):
+    """At most `value` pods (or percent) changed per `periodSeconds`."""
+
+    type: Literal["Pods", "Percent"] = Field(description="Whether value counts pods or a percentage.")
+    value: int = Field(ge=1, le=10000, description="Pods or percent per period.")
+    period_seconds: int = Field(ge=1, le=1800, description="Length of the period.")
+
+
+class ScalingRules(ApiModel):
+    """How fast the HPA may scale in one direction."""
+
+    stabilization_window_seconds: int = Field(
+        0, ge=0, le=3600, description="Past recommendations considered, to avoid flapping."
+    )
+    select_policy: Literal["Max", "Min", "Disabled"] = Field(
+        "Max", description="Which policy wins when several apply; Disabled forbids this direction."
+    )
+    policies: tuple[ScalingPolicy, ...] = Field(
+        default_factory=tuple, max_length=10, description="Limits on the rate of change."
+    )
+
+
+_SCALE_UP = {
+    "stabilizationWindowSeconds": 0,
+    "selectPolicy": "Max",
+    "policies": [
+        {"type": "Percent", "value": 100, "periodSeconds": 30},
+        {"type": "Pods", "value": 4, "periodSeconds": 30},
+    ],
+}
+_SCALE_DOWN = {
+    "stabilizationWindowSeconds": 300,
+    "selectPolicy": "Min",
+    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+}
+
+
+def _rules_field(default: dict[str, Any], description: str) -> Any:
+    return Field(
+        default_factory=lambda: ScalingRules.model_validate(default),
+        description=description,
+        json_schema_extra={"default": default},
+    )
+
+
+class BehaviorSpec(ApiModel):
+    """Scaling speed: up fast when calls queue, down slowly because every removed pod drains its calls."""
+
+    scale_up: ScalingRules = _rules_field(_SCALE_UP, "Scale-up rules (default: double or +4 pods per 30 s).")
+    scale_down: ScalingRules = _rules_field(
+        _SCALE_DOWN, "Scale-down rules (default: -1 pod per minute after 5 minutes of lower load)."
+    )
+
+
+class AutoscalingSpec(ApiModel):
+    """Horizontal autoscaling of the core on its call queue (`avr_queue_length`) and optionally CPU."""
+
+    enabled: bool = Field(
+        False, description="Create a HorizontalPodAutoscaler; it then owns the core's replicas."
+    )
+    min_replicas: int = Field(3, ge=1, le=1000, description="Fewest core pods.")
+    max_replicas: int = Field(10, ge=1, le=1000, description="Most core pods.")
+    target_queue_length: Quantity = Field(
+        5,
+        description=(
+            "Target average of the Pods metric avr_queue_length per pod (needs a custom metrics adapter)."
+        ),
+    )
+    target_cpu_utilization: int | None = Field(
+        None, ge=1, le=100, description="Optional target average CPU use, % of requests."
+    )
+    behavior: BehaviorSpec = sub(BehaviorSpec, "Scale-up and scale-down speed.")
+
+    rules = (
+        Rule(
+            "self.minReplicas <= self.maxReplicas",
+            "minReplicas must not exceed maxReplicas",
+            lambda s: s.min_replicas <= s.max_replicas,
+        ),
+    )
+
+
+class RolloutSpec(ApiModel):
+    """Rolling updates: the guide's "parallelism 2, 10 s delay" without ever lowering capacity."""
+
+    max_surge: IntOrPercent = Field(2, description="Extra pods started at once during an update.")
+    max_unavailable: IntOrPercent = Field(0, description="Pods that may be unavailable during an update.")
+    min_ready_seconds: int = Field(
+        10, ge=0, le=3600, description="Seconds a new pod must be ready before the next step."
+    )
+
+    rules = (
+        Rule(
+            "!(string(self.maxSurge) in ['0', '0%'] && string(self.maxUnavailable) in ['0', '0%'])",
+            "maxSurge and maxUnavailable must not both be zero",
+            lambda s: not (_zero(s.max_surge) and _zero(s.max_unavailable)),
+        ),
+    )
+
+
+class AvailabilitySpec(ApiModel):
+    """PodDisruptionBudgets (one per component) limiting voluntary evictions such as node drains."""
+
+    enabled: bool = Field(False, description="Create a PodDisruptionBudget for each component.")
+    min_available: IntOrPercent | None = Field(None, description="Pods that must stay available.")
+    max_unavailable: IntOrPercent | None = Field(
+        None, description="Pods that may be evicted at once (default 1 when neither field is set)."
+    )
+
+    rules = (
+        Rule(
+            "!(has(self.minAvailable) && has(self.maxUnavailable))",
+            "set minAvailable or maxUnavailable, not both",
+            lambda s: not (s.min_available is not None and s.max_unavailable is not None),
+        ),
+    )
+
+
+class ServiceSpec(ApiModel):
+    """The core's Service (AudioSocket and HTTP ports)."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field("ClusterIP", description="Service type.")
+    session_affinity: Literal["None", "ClientIP"] = Field(
+        "None", description="ClientIP keeps a client on one pod (sticky sessions for /call then AudioSocket)."
+    )
+    session_affinity_timeout_seconds: int | None = Field(
+        None, ge=1, le=86400, description="How long ClientIP stickiness lasts (Kubernetes default 10800)."
+    )
+    external_traffic_policy: Literal["Cluster", "Local"] | None = Field(
+        None, description="Local keeps the client's source IP (NodePort and LoadBalancer only)."
+    )
+    annotations: dict[Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict,
+        max_length=50,
+        description="Annotations of the Service (e.g. load balancer settings).",
+    )
+
+    rules = (
+        Rule(
+            "!has(self.sessionAffinityTimeoutSeconds) || self.sessionAffinity == 'ClientIP'",
+            "sessionAffinityTimeoutSeconds needs sessionAffinity ClientIP",
+            lambda s: s.session_affinity_timeout_seconds is None or s.session_affinity == "ClientIP",
+        ),
+        Rule(
+            "!has(self.externalTrafficPolicy) || self.type != 'ClusterIP'",
+            "externalTrafficPolicy needs type NodePort or LoadBalancer",
+            lambda s: s.external_traffic_policy is None or s.type != "ClusterIP",
+        ),
+    )
+
+
+class AVRDeploymentSpec(ApiModel):
+    """Desired state of an AVR stack: a core, its providers, and how they scale, roll out and are reached."""
+
+    core: CoreSpec = Field(description="The core (worker) Asterisk connects to.")
+    providers: ProvidersSpec = Field(description="AI providers: sts, or asr + llm + tts.")
+    autoscaling: AutoscalingSpec = sub(AutoscalingSpec, "Autoscaling of the core.")
+    rollout: RolloutSpec = sub(RolloutSpec, "Rolling update strategy of every component.")
+    availability: AvailabilitySpec = sub(AvailabilitySpec, "PodDisruptionBudgets.")
+    service: ServiceSpec = sub(ServiceSpec, "The core's Service.")
+    image_pull_secrets: tuple[ImagePullSecret, ...] = Field(
+        default_factory=tuple, max_length=10, description="Secrets used to pull every component's image."
+    )

@@ -1,0 +1,1 @@
+"""Pure rendering: an AVRDeployment in, the Kubernetes manifests it needs out. No I/O here."""

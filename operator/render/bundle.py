@@ -1,0 +1,36 @@
+"""Everything one AVRDeployment produces, in apply order (config before the pods that read it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from avr_operator.api.resource import AVRDeployment
+from avr_operator.render.components import components
+from avr_operator.render.scaling import autoscaler, disruption_budget
+from avr_operator.render.workloads import config_map, deployment, service
+
+Manifest = dict[str, Any]
+
+# Kinds the operator creates, for pruning and watching: (apiVersion, kind).
+CHILD_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "ConfigMap"),
+    ("v1", "Service"),
+    ("apps/v1", "Deployment"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+)
+
+
+def render(owner: AVRDeployment) -> list[Manifest]:
+    out: list[Manifest] = []
+    for c in components(owner):
+        out += [config_map(owner, c), service(owner, c), deployment(owner, c)]
+        for optional in (disruption_budget(owner, c), autoscaler(owner, c)):
+            if optional is not None:
+                out.append(optional)
+    return out
+
+
+def key(manifest: Manifest) -> tuple[str, str, str]:
+    """Identity of a manifest within its namespace."""
+    return manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]

@@ -1,0 +1,193 @@
+"""The spec seen as a list of components (core, then providers), each with everything its manifests need.
+
+This is where the core's environment is derived from the spec and where the core is wired to the provider
+Services, as AVR's compose files do by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from avr_operator.api.resource import AVRDeployment
+from avr_operator.api.spec import CoreSpec, ProviderSpec
+from avr_operator.render.names import CORE, child_name
+
+# Seconds added to the drain time so the kubelet never kills a pod that is still finishing cleanly.
+GRACE_MARGIN_SECONDS = 15
+
+# Path on each provider's Service the core calls (AVR's HTTP streaming providers; STS is a WebSocket root).
+PROVIDER_URLS = {
+    "sts": ("STS_URL", "ws", ""),
+    "asr": ("ASR_URL", "http", "/speech-to-text-stream"),
+    "llm": ("LLM_URL", "http", "/prompt-stream"),
+    "tts": ("TTS_URL", "http", "/text-to-speech-stream"),
+}
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    """What the HPA of one component needs."""
+
+    min_replicas: int
+    max_replicas: int
+    metrics: list[dict[str, Any]]
+    behavior: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Component:
+    """One Deployment + Service (+ ConfigMap, HPA, PDB) of the stack."""
+
+    role: str
+    name: str
+    image: str
+    image_pull_policy: str | None
+    ports: list[tuple[str, int]]
+    replicas: int
+    resources: dict[str, Any]
+    config: dict[str, str]
+    env: list[dict[str, Any]]
+    env_from: list[dict[str, Any]]
+    pre_stop_seconds: int
+    grace_seconds: int
+    run_as_user: int
+    http_probes: bool
+    autoscaling: Autoscaling | None
+    pod_annotations: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def config_hash(self) -> str:
+        """Changes whenever the ConfigMap does, so pods roll to pick up the new values."""
+        text = json.dumps(self.config, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def provider_url(owner: AVRDeployment, role: str, port: int) -> tuple[str, str]:
+    var, scheme, path = PROVIDER_URLS[role]
+    return var, f"{scheme}://{child_name(owner, role)}:{port}{path}"
+
+
+def core_config(owner: AVRDeployment) -> dict[str, str]:
+    """The worker's environment (names and units as AVR's performance guide), as ConfigMap data."""
+    core = owner.spec.core
+    env: dict[str, Any] = {
+        "PORT": core.ports.audio_socket,
+        "HTTP_PORT": core.ports.http,
+        "CONNECTION_POOL_SIZE": core.connection.pool_size,
+        "CONNECTION_TIMEOUT": core.connection.timeout_ms,
+        "MAX_RETRIES": core.connection.max_retries,
+        "AUDIO_CODEC": core.audio.codec,
+        "AUDIO_BITRATE": core.audio.bitrate,
+        "AUDIO_CHANNELS": core.audio.channels,
+        "AUDIO_SAMPLE_RATE": core.audio.sample_rate,
+        "BUFFER_SIZE": core.audio.buffer_size,
+        "BUFFER_OVERLAP": core.audio.overlap,
+        "CACHE_MAX_SIZE": core.cache.max_size,
+        "CACHE_TTL": core.cache.ttl_seconds,
+        "RATE_LIMIT": core.rate_limit.requests,
+        "RATE_WINDOW": core.rate_limit.window_seconds,
+        "MAX_CONCURRENT_CALLS": core.max_concurrent_calls,
+        "LOG_LEVEL": core.logging.level,
+        "LOG_FORMAT": core.logging.format,
+        "LOG_ROTATION": core.logging.rotation,
+        "DRAIN_TIMEOUT": core.drain.timeout_seconds,
+    }
+    for role, provider in owner.spec.providers.items():
+        var, url = provider_url(owner, role, provider.port)
+        env[var] = url
+    if core.webhook is not None:
+        env["WEBHOOK_URL"] = core.webhook.url
+        env["WEBHOOK_TIMEOUT"] = core.webhook.timeout_ms
+        env["WEBHOOK_RETRY"] = core.webhook.retries
+    return {k: str(v) for k, v in env.items()}
+
+
+def _core_env(core: CoreSpec) -> list[dict[str, Any]]:
+    env = [e.dump() for e in core.env]
+    secret = core.webhook.secret_ref if core.webhook is not None else None
+    if secret is not None and all(e["name"] != "WEBHOOK_SECRET" for e in env):
+        env.insert(0, {"name": "WEBHOOK_SECRET", "valueFrom": {"secretKeyRef": secret.dump()}})
+    return env
+
+
+def _core(owner: AVRDeployment) -> Component:
+    spec = owner.spec
+    core = spec.core
+    autoscaling = None
+    if spec.autoscaling.enabled:
+        a = spec.autoscaling
+        metrics: list[dict[str, Any]] = [
+            {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": "avr_queue_length"},
+                    "target": {"type": "AverageValue", "averageValue": str(a.target_queue_length)},
+                },
+            }
+        ]
+        if a.target_cpu_utilization is not None:
+            metrics.append(_cpu_metric(a.target_cpu_utilization))
+        autoscaling = Autoscaling(a.min_replicas, a.max_replicas, metrics, a.behavior.dump())
+    return Component(
+        role=CORE,
+        name=child_name(owner, CORE),
+        image=core.image,
+        image_pull_policy=core.image_pull_policy,
+        ports=[("audiosocket", core.ports.audio_socket), ("http", core.ports.http)],
+        replicas=core.replicas,
+        resources=core.resources.dump(),
+        config=core_config(owner),
+        env=_core_env(core),
+        env_from=[e.dump() for e in core.env_from],
+        pre_stop_seconds=core.drain.pre_stop_seconds,
+        grace_seconds=core.drain.pre_stop_seconds + core.drain.timeout_seconds + GRACE_MARGIN_SECONDS,
+        run_as_user=core.run_as_user,
+        http_probes=True,
+        autoscaling=autoscaling,
+        pod_annotations={
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(core.ports.http),
+            "prometheus.io/path": "/metrics",
+        },
+    )
+
+
+def _cpu_metric(percent: int) -> dict[str, Any]:
+    return {
+        "type": "Resource",
+        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": percent}},
+    }
+
+
+def _provider(owner: AVRDeployment, role: str, provider: ProviderSpec) -> Component:
+    scaling = provider.autoscaling
+    autoscaling = (
+        Autoscaling(scaling.min_replicas, scaling.max_replicas, [_cpu_metric(scaling.target_cpu_utilization)])
+        if scaling.enabled
+        else None
+    )
+    return Component(
+        role=role,
+        name=child_name(owner, role),
+        image=provider.image,
+        image_pull_policy=provider.image_pull_policy,
+        ports=[(role, provider.port)],
+        replicas=provider.replicas,
+        resources=provider.resources.dump(),
+        config={"PORT": str(provider.port)},
+        env=[e.dump() for e in provider.env],
+        env_from=[e.dump() for e in provider.env_from],
+        pre_stop_seconds=provider.drain_seconds,
+        grace_seconds=provider.drain_seconds + GRACE_MARGIN_SECONDS,
+        run_as_user=provider.run_as_user,
+        http_probes=False,
+        autoscaling=autoscaling,
+    )
+
+
+def components(owner: AVRDeployment) -> list[Component]:
+    """Core first, then the providers in wiring order."""
+    return [_core(owner)] + [_provider(owner, role, p) for role, p in owner.spec.providers.items()]

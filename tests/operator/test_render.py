@@ -1,0 +1,251 @@
+"""Rendering: spec in, manifests out, for each example and for the rules the reconciler relies on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from avr_operator.api.resource import AVRDeployment
+from avr_operator.constants import ANNOTATION_CONFIG_HASH
+from avr_operator.render.bundle import render
+
+Make = Callable[..., dict[str, Any]]
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+def manifests(body: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(m["kind"], m["metadata"]["name"]): m for m in render(AVRDeployment.from_body(body))}
+
+
+def container(objs: dict[tuple[str, str], dict[str, Any]], name: str) -> dict[str, Any]:
+    c: dict[str, Any] = objs["Deployment", name]["spec"]["template"]["spec"]["containers"][0]
+    return c
+
+
+def test_there_are_examples_for_each_provider_mix() -> None:
+    names = {p.stem for p in EXAMPLES}
+    assert {"sts-openai", "sts-deepgram", "asr-llm-tts-local"} <= names
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_each_example_renders_a_complete_stack(example: Path) -> None:
+    body = yaml.safe_load(example.read_text())
+    res = AVRDeployment.from_body(body)
+    objs = manifests(body)
+    roles = ["core"] + [role for role, _ in res.spec.providers.items()]
+    for role in roles:
+        for kind in ("ConfigMap", "Service", "Deployment"):
+            assert (kind, f"{res.name}-{role}") in objs
+    assert ("PodDisruptionBudget", f"{res.name}-core") in objs or not res.spec.availability.enabled
+    for m in objs.values():
+        assert m["metadata"]["namespace"] == "default"
+        assert m["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "avr-operator"
+        assert "ownerReferences" not in m  # no uid outside a cluster
+    config = objs["ConfigMap", f"{res.name}-core"]["data"]
+    assert all(isinstance(v, str) for v in config.values())
+
+
+def test_sts_is_wired_to_its_service(make_body: Make) -> None:
+    config = manifests(make_body())["ConfigMap", "demo-core"]["data"]
+    assert config["STS_URL"] == "ws://demo-sts:6030"
+    assert not {"ASR_URL", "LLM_URL", "TTS_URL"} & set(config)
+
+
+def test_the_trio_is_wired_to_its_services(make_body: Make) -> None:
+    body = make_body(
+        providers={"asr": {"image": "a"}, "llm": {"image": "l", "port": 7000}, "tts": {"image": "t"}}
+    )
+    objs = manifests(body)
+    config = objs["ConfigMap", "demo-core"]["data"]
+    assert config["ASR_URL"] == "http://demo-asr:6010/speech-to-text-stream"
+    assert config["LLM_URL"] == "http://demo-llm:7000/prompt-stream"
+    assert config["TTS_URL"] == "http://demo-tts:6012/text-to-speech-stream"
+    assert "STS_URL" not in config
+    assert objs["ConfigMap", "demo-llm"]["data"] == {"PORT": "7000"}
+    assert objs["Service", "demo-llm"]["spec"]["ports"][0]["port"] == 7000
+
+
+def test_core_config_carries_every_knob(make_body: Make) -> None:
+    body = make_body(core={"image": "x", "connection": {"timeoutMs": 2500}, "drain": {"timeoutSeconds": 90}})
+    config = manifests(body)["ConfigMap", "demo-core"]["data"]
+    expected = {
+        "PORT": "5001",
+        "HTTP_PORT": "3000",
+        "CONNECTION_POOL_SIZE": "10",
+        "CONNECTION_TIMEOUT": "2500",
+        "MAX_RETRIES": "3",
+        "AUDIO_CODEC": "opus",
+        "AUDIO_BITRATE": "16000",
+        "AUDIO_CHANNELS": "1",
+        "AUDIO_SAMPLE_RATE": "16000",
+        "BUFFER_SIZE": "1024",
+        "BUFFER_OVERLAP": "0.5",
+        "CACHE_MAX_SIZE": "1000",
+        "CACHE_TTL": "3600",
+        "RATE_LIMIT": "100",
+        "RATE_WINDOW": "60",
+        "MAX_CONCURRENT_CALLS": "500",
+        "LOG_LEVEL": "info",
+        "LOG_FORMAT": "json",
+        "LOG_ROTATION": "100MB",
+        "DRAIN_TIMEOUT": "90",
+        "STS_URL": "ws://demo-sts:6030",
+    }
+    assert config == expected
+
+
+def test_hpa_owns_replicas_when_autoscaling(make_body: Make) -> None:
+    objs = manifests(make_body(autoscaling={"enabled": True, "targetCpuUtilization": 60}))
+    assert "replicas" not in objs["Deployment", "demo-core"]["spec"]
+    hpa = objs["HorizontalPodAutoscaler", "demo-core"]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "demo-core"}
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 10)
+    pods, cpu = hpa["metrics"]
+    assert pods["pods"]["metric"]["name"] == "avr_queue_length"
+    assert pods["pods"]["target"] == {"type": "AverageValue", "averageValue": "5"}
+    assert cpu["resource"]["target"] == {"type": "Utilization", "averageUtilization": 60}
+    assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    # The provider is not autoscaled: it keeps its replicas.
+    assert objs["Deployment", "demo-sts"]["spec"]["replicas"] == 1
+    assert ("HorizontalPodAutoscaler", "demo-sts") not in objs
+
+
+def test_without_autoscaling_the_deployment_sets_replicas(make_body: Make) -> None:
+    objs = manifests(make_body())
+    assert objs["Deployment", "demo-core"]["spec"]["replicas"] == 3
+    assert not any(kind == "HorizontalPodAutoscaler" for kind, _ in objs)
+
+
+def test_provider_autoscaling_is_cpu_based(make_body: Make) -> None:
+    body = make_body(providers={"sts": {"image": "s", "autoscaling": {"enabled": True, "maxReplicas": 4}}})
+    objs = manifests(body)
+    assert "replicas" not in objs["Deployment", "demo-sts"]["spec"]
+    hpa = objs["HorizontalPodAutoscaler", "demo-sts"]["spec"]
+    assert hpa["metrics"] == [
+        {
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+        }
+    ]
+    assert "behavior" not in hpa
+
+
+def test_pods_meet_the_restricted_pod_security_standard(make_body: Make) -> None:
+    objs = manifests(make_body())
+    for name in ("demo-core", "demo-sts"):
+        pod = objs["Deployment", name]["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        sc = pod["containers"][0]["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert {"name": "tmp", "mountPath": "/tmp"} in pod["containers"][0]["volumeMounts"]
+        assert pod["volumes"][0]["name"] == "tmp" and "emptyDir" in pod["volumes"][0]
+        keys = [t["topologyKey"] for t in pod["topologySpreadConstraints"]]
+        assert "kubernetes.io/hostname" in keys
+
+
+def test_core_probes_and_graceful_shutdown(make_body: Make) -> None:
+    body = make_body(core={"image": "x", "drain": {"timeoutSeconds": 120, "preStopSeconds": 7}})
+    objs = manifests(body)
+    pod = objs["Deployment", "demo-core"]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": 3000}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 3000}
+    assert c["startupProbe"]["httpGet"]["path"] == "/health"
+    assert (c["livenessProbe"]["periodSeconds"], c["livenessProbe"]["timeoutSeconds"]) == (30, 10)
+    assert c["lifecycle"] == {"preStop": {"sleep": {"seconds": 7}}}
+    assert pod["terminationGracePeriodSeconds"] == 7 + 120 + 15
+
+
+def test_no_pre_stop_hook_when_disabled(make_body: Make) -> None:
+    body = make_body(
+        core={"image": "x", "drain": {"preStopSeconds": 0}},
+        providers={"sts": {"image": "s", "drainSeconds": 0}},
+    )
+    objs = manifests(body)
+    assert "lifecycle" not in container(objs, "demo-core")
+    assert "lifecycle" not in container(objs, "demo-sts")
+
+
+def test_provider_probes_are_tcp_and_pre_stop_keeps_calls(make_body: Make) -> None:
+    objs = manifests(make_body())
+    c = container(objs, "demo-sts")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert c[probe]["tcpSocket"] == {"port": 6030}
+    assert c["lifecycle"]["preStop"]["sleep"]["seconds"] == 300
+    assert objs["Deployment", "demo-sts"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 315
+
+
+def test_config_changes_roll_the_pods(make_body: Make) -> None:
+    def config_hash(body: dict[str, Any]) -> str:
+        meta = manifests(body)["Deployment", "demo-core"]["spec"]["template"]["metadata"]
+        value: str = meta["annotations"][ANNOTATION_CONFIG_HASH]
+        return value
+
+    base = config_hash(make_body())
+    assert base == config_hash(make_body())
+    assert base != config_hash(make_body(core={"image": "avr-runtime:test", "logging": {"level": "debug"}}))
+
+
+def test_env_sources_and_precedence(make_body: Make) -> None:
+    body = make_body(
+        core={
+            "image": "x",
+            "envFrom": [{"secretRef": {"name": "keys"}}],
+            "env": [{"name": "LOG_LEVEL", "value": "debug"}],
+            "webhook": {"url": "https://h.example/x", "secretRef": {"name": "wh", "key": "s"}},
+        }
+    )
+    c = container(manifests(body), "demo-core")
+    # User sources first, then the generated ConfigMap: spec fields override bulk Secret keys.
+    assert c["envFrom"] == [{"secretRef": {"name": "keys"}}, {"configMapRef": {"name": "demo-core"}}]
+    # Explicit env (highest precedence) keeps the user's override; the webhook secret comes from a ref.
+    assert {"name": "LOG_LEVEL", "value": "debug"} in c["env"]
+    assert {"name": "WEBHOOK_SECRET", "valueFrom": {"secretKeyRef": {"name": "wh", "key": "s"}}} in c["env"]
+
+
+def test_owner_references_enable_garbage_collection(make_body: Make) -> None:
+    for m in render(AVRDeployment.from_body(make_body())):
+        (ref,) = m["metadata"]["ownerReferences"]
+        assert ref == {
+            "apiVersion": "avr.agentvoiceresponse.com/v1alpha1",
+            "kind": "AVRDeployment",
+            "name": "demo",
+            "uid": "1234-abcd",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def test_rollout_and_availability(make_body: Make) -> None:
+    objs = manifests(
+        make_body(rollout={"maxSurge": "50%", "maxUnavailable": 1}, availability={"enabled": True})
+    )
+    strategy = objs["Deployment", "demo-core"]["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "50%", "maxUnavailable": 1}}
+    pdb = objs["PodDisruptionBudget", "demo-core"]["spec"]
+    assert pdb["maxUnavailable"] == 1 and "minAvailable" not in pdb
+    assert ("PodDisruptionBudget", "demo-sts") in objs
+    objs = manifests(make_body(availability={"enabled": True, "minAvailable": "50%"}))
+    assert objs["PodDisruptionBudget", "demo-core"]["spec"]["minAvailable"] == "50%"
+
+
+def test_core_service_follows_the_spec(make_body: Make) -> None:
+    service = {"type": "NodePort", "sessionAffinity": "ClientIP", "sessionAffinityTimeoutSeconds": 600}
+    body = make_body(service=service)
+    objs = manifests(body)
+    svc = objs["Service", "demo-core"]["spec"]
+    assert svc["type"] == "NodePort" and svc["sessionAffinity"] == "ClientIP"
+    assert svc["sessionAffinityConfig"] == {"clientIP": {"timeoutSeconds": 600}}
+    assert [p["port"] for p in svc["ports"]] == [5001, 3000]
+    assert objs["Service", "demo-sts"]["spec"]["type"] == "ClusterIP"
+
+
+def test_render_is_deterministic(make_body: Make) -> None:
+    body = make_body(autoscaling={"enabled": True})
+    assert render(AVRDeployment.from_body(body)) == render(AVRDeployment.from_body(body))
