@@ -70,6 +70,9 @@ class JsonChunkStream:
                 self._buf = ""
                 break
             if text[0] != "{":
+                if "data:".startswith(text) or "[DONE]".startswith(text):
+                    self._buf = text  # a marker split across chunks: wait for the rest
+                    break
                 raise StreamFormatError(f"expected a JSON object, got {text[:40]!r}")
             try:
                 obj, end = self._decoder.raw_decode(text)

@@ -1,0 +1,261 @@
+"""AudioSocket framing: 1 byte type, 2 bytes big-endian length, payload (Asterisk's AudioSocket protocol)."""
+
+from __future__ import annotations
+
+import struct
+import uuid
+
+import pytest
+
+from avr_runtime.protocol import audiosocket as a
+from avr_runtime.protocol.audiosocket import Frame, FrameParser, Kind, ProtocolError
+
+
+def raw(kind: int, payload: bytes) -> bytes:
+    """A frame built from the spec, independently of the module's encoders."""
+    return struct.pack(">BH", kind, len(payload)) + payload
+
+
+CALL_ID = uuid.UUID("0123456789abcdef0123456789abcdef")
+PCM_20MS = bytes(range(256)) + bytes(64)  # 320 bytes, not all zero
+
+SESSION: list[tuple[int, bytes]] = [
+    (0x01, CALL_ID.bytes),
+    (0x10, PCM_20MS),
+    (0x03, b"5"),
+    (0x10, b"\x01\x02"),
+    (0xFF, b""),
+    (0xFF, b"\x07"),
+    (0x10, bytes(1920)),
+    (0x00, b""),
+]
+STREAM = b"".join(raw(k, p) for k, p in SESSION)
+EXPECTED = [Frame(Kind(k), p) for k, p in SESSION]
+
+
+def test_each_message_type_is_parsed() -> None:
+    p = FrameParser()
+    frames = p.feed(STREAM)
+    assert frames == EXPECTED
+    assert [f.kind for f in frames] == [
+        Kind.UUID,
+        Kind.AUDIO,
+        Kind.DTMF,
+        Kind.AUDIO,
+        Kind.ERROR,
+        Kind.ERROR,
+        Kind.AUDIO,
+        Kind.HANGUP,
+    ]
+    assert p.pending == 0
+    p.close()
+
+
+def test_kind_values_match_the_spec() -> None:
+    assert (Kind.HANGUP, Kind.UUID, Kind.DTMF, Kind.AUDIO, Kind.ERROR) == (0x00, 0x01, 0x03, 0x10, 0xFF)
+    assert a.HANGUP_FRAME == b"\x00\x00\x00"
+
+
+def test_length_is_big_endian() -> None:
+    # 0x01 0x40 = 320 big-endian (it would be 16385 little-endian)
+    frames = FrameParser().feed(b"\x10\x01\x40" + PCM_20MS)
+    assert frames == [Frame(Kind.AUDIO, PCM_20MS)]
+
+
+def test_split_at_every_byte_boundary_gives_the_same_frames() -> None:
+    for cut in range(len(STREAM) + 1):
+        p = FrameParser()
+        frames = p.feed(STREAM[:cut]) + p.feed(STREAM[cut:])
+        assert frames == EXPECTED, f"split at byte {cut}"
+        p.close()
+
+
+def test_three_way_splits_give_the_same_frames() -> None:
+    head = STREAM[:400]  # uuid, audio, dtmf and the start of the next frame
+    for i in range(len(head) + 1):
+        for j in range(i, len(head) + 1, 13):
+            p = FrameParser()
+            frames = p.feed(STREAM[:i]) + p.feed(STREAM[i:j]) + p.feed(STREAM[j:])
+            assert frames == EXPECTED, f"split at {i} and {j}"
+
+
+def test_byte_by_byte_gives_the_same_frames() -> None:
+    p = FrameParser()
+    frames: list[Frame] = []
+    for i in range(len(STREAM)):
+        frames += p.feed(STREAM[i : i + 1])
+        assert p.pending < a.HEADER_SIZE + 1920
+    assert frames == EXPECTED
+    p.close()
+
+
+def test_many_frames_in_one_chunk() -> None:
+    chunk = b"".join(raw(0x10, bytes([i]) * 320) for i in range(100))
+    frames = FrameParser().feed(chunk)
+    assert len(frames) == 100
+    assert all(f.kind is Kind.AUDIO for f in frames)
+    assert [f.payload[0] for f in frames] == list(range(100))
+
+
+def test_pending_counts_the_partial_frame() -> None:
+    p = FrameParser()
+    assert p.feed(raw(0x10, PCM_20MS)[:100]) == []
+    assert p.pending == 100
+    with pytest.raises(ProtocolError) as err:
+        p.close()
+    assert err.value.reason == "truncated"
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 10, 322])
+def test_truncated_frame_at_close(cut: int) -> None:
+    p = FrameParser()
+    p.feed(raw(0x01, CALL_ID.bytes) + raw(0x10, PCM_20MS)[:cut])
+    with pytest.raises(ProtocolError) as err:
+        p.close()
+    assert err.value.reason == "truncated"
+    assert isinstance(err.value, ValueError)
+
+
+@pytest.mark.parametrize("kind", [0x02, 0x04, 0x0F, 0x19, 0x20, 0x7F, 0xFE])
+def test_unknown_type_is_refused(kind: int) -> None:
+    with pytest.raises(ProtocolError) as err:
+        FrameParser().feed(raw(kind, b"\x00"))
+    assert err.value.reason == "unknown_type"
+    assert f"0x{kind:02x}" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "rate"),
+    [
+        (0x11, 12000),
+        (0x12, 16000),
+        (0x13, 24000),
+        (0x14, 32000),
+        (0x15, 44100),
+        (0x16, 48000),
+        (0x17, 96000),
+        (0x18, 192000),
+    ],
+)
+def test_high_rate_slin_is_refused_by_name(kind: int, rate: int) -> None:
+    p = FrameParser()
+    # only the header: the refusal must not wait for the payload
+    with pytest.raises(ProtocolError) as err:
+        p.feed(raw(kind, bytes(640))[:3])
+    assert err.value.reason == "unsupported_rate"
+    assert str(rate) in str(err.value)
+
+
+@pytest.mark.parametrize("length", [1921, 4000, 0xFFFF])
+def test_oversized_audio_is_refused_from_the_header_alone(length: int) -> None:
+    p = FrameParser()
+    with pytest.raises(ProtocolError) as err:
+        p.feed(struct.pack(">BH", 0x10, length))
+    assert err.value.reason == "bad_length"
+
+
+def test_oversized_length_after_a_valid_frame_is_refused_before_its_payload() -> None:
+    p = FrameParser()
+    with pytest.raises(ProtocolError) as err:
+        p.feed(raw(0x10, PCM_20MS) + b"\x10\xff\xff" + bytes(10))
+    assert err.value.reason == "bad_length"
+
+
+def test_empty_audio_is_refused() -> None:
+    with pytest.raises(ProtocolError) as err:
+        FrameParser().feed(raw(0x10, b""))
+    assert err.value.reason == "bad_length"
+
+
+def test_largest_audio_payload_is_accepted() -> None:
+    assert FrameParser().feed(raw(0x10, bytes(a.MAX_AUDIO_PAYLOAD))) == [
+        Frame(Kind.AUDIO, bytes(a.MAX_AUDIO_PAYLOAD))
+    ]
+
+
+def test_oversized_error_payload_is_refused() -> None:
+    with pytest.raises(ProtocolError) as err:
+        FrameParser().feed(struct.pack(">BH", 0xFF, a.MAX_ERROR_PAYLOAD + 1))
+    assert err.value.reason == "bad_length"
+
+
+@pytest.mark.parametrize("length", [0, 1, 15, 17, 36])
+def test_uuid_of_the_wrong_length_is_refused(length: int) -> None:
+    with pytest.raises(ProtocolError) as err:
+        FrameParser().feed(raw(0x01, bytes(length)))
+    assert err.value.reason == "bad_length"
+    assert str(length) in str(err.value)
+
+
+@pytest.mark.parametrize("length", [0, 2, 3])
+def test_dtmf_of_the_wrong_length_is_refused(length: int) -> None:
+    with pytest.raises(ProtocolError) as err:
+        FrameParser().feed(raw(0x03, b"1" * length))
+    assert err.value.reason == "bad_length"
+
+
+def test_hangup_with_a_payload_is_refused() -> None:
+    with pytest.raises(ProtocolError) as err:
+        FrameParser().feed(raw(0x00, b"x"))
+    assert err.value.reason == "bad_length"
+
+
+def test_parse_uuid() -> None:
+    assert a.parse_uuid(CALL_ID.bytes) == "01234567-89ab-cdef-0123-456789abcdef"
+
+
+@pytest.mark.parametrize("digit", list("0123456789*#ABCD"))
+def test_parse_dtmf_accepts_every_digit(digit: str) -> None:
+    assert a.parse_dtmf(digit.encode()) == digit
+    assert a.parse_dtmf(digit.lower().encode()) == digit
+
+
+@pytest.mark.parametrize("payload", [b"x", b"E", b"\x00", b"\xff", b" "])
+def test_parse_dtmf_refuses_non_digits(payload: bytes) -> None:
+    with pytest.raises(ProtocolError) as err:
+        a.parse_dtmf(payload)
+    assert err.value.reason == "bad_dtmf"
+
+
+def test_encoders_match_the_spec_bytes() -> None:
+    assert a.audio_frame(PCM_20MS) == b"\x10\x01\x40" + PCM_20MS
+    assert a.error_frame(0x105) == b"\xff\x00\x01\x05"
+    assert a.uuid_frame(CALL_ID) == b"\x01\x00\x10" + CALL_ID.bytes
+    assert a.encode(Kind.HANGUP) == a.HANGUP_FRAME
+    assert a.encode(Kind.DTMF, b"#") == b"\x03\x00\x01#"
+
+
+def test_encoders_round_trip_through_the_parser() -> None:
+    stream = (
+        a.uuid_frame(CALL_ID)
+        + a.audio_frame(PCM_20MS)
+        + a.encode(Kind.DTMF, b"7")
+        + a.error_frame(a.ErrorCode.AT_CAPACITY)
+        + a.encode(Kind.AUDIO, b"\x00\x01" * 960)
+        + a.encode(Kind.HANGUP)
+    )
+    p = FrameParser()
+    frames = p.feed(stream)
+    p.close()
+    assert frames == [
+        Frame(Kind.UUID, CALL_ID.bytes),
+        Frame(Kind.AUDIO, PCM_20MS),
+        Frame(Kind.DTMF, b"7"),
+        Frame(Kind.ERROR, bytes([a.ErrorCode.AT_CAPACITY])),
+        Frame(Kind.AUDIO, b"\x00\x01" * 960),
+        Frame(Kind.HANGUP, b""),
+    ]
+    assert a.parse_uuid(frames[0].payload) == str(CALL_ID)
+    assert a.parse_dtmf(frames[2].payload) == "7"
+
+
+def test_parser_keeps_working_after_a_partial_feed_of_many_frames() -> None:
+    frames_in = [raw(0x10, bytes([i % 256]) * (2 * (i + 1))) for i in range(50)]
+    stream = b"".join(frames_in)
+    p = FrameParser()
+    out: list[Frame] = []
+    step = 7
+    for i in range(0, len(stream), step):
+        out += p.feed(stream[i : i + step])
+    p.close()
+    assert [f.payload for f in out] == [f[3:] for f in frames_in]
