@@ -42,11 +42,16 @@ HANGUP_FRAME: Final = b"\x00\x00\x00"
 
 
 class ProtocolError(ValueError):
-    """Input that is not valid AudioSocket; ``reason`` is a short machine-friendly label for metrics."""
+    """Input that is not valid AudioSocket; ``reason`` is a short machine-friendly label for metrics.
+
+    ``frames`` holds the valid frames that preceded the bad one in the same read, so the caller can still act on
+    them (a call identifier followed by garbage is still that call, and ends with a reason).
+    """
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+        self.frames: list[Frame] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +100,12 @@ class FrameParser:
         while end - pos >= HEADER_SIZE:
             kind_byte = buf[pos]
             length = (buf[pos + 1] << 8) | buf[pos + 2]
-            kind = _check(kind_byte, length)
+            try:
+                kind = _check(kind_byte, length)
+            except ProtocolError as exc:
+                exc.frames = frames
+                self._buf = b""
+                raise
             stop = pos + HEADER_SIZE + length
             if stop > end:
                 break

@@ -80,7 +80,13 @@ class AudioSocketConnection(asyncio.Protocol):
         if self._closed:
             return
         try:
-            for frame in self.parser.feed(data):
+            try:
+                frames = self.parser.feed(data)
+            except ProtocolError as exc:
+                for frame in exc.frames:
+                    self._dispatch(frame.kind, frame.payload)
+                raise
+            for frame in frames:
                 self._dispatch(frame.kind, frame.payload)
         except ProtocolError as exc:
             self._protocol_error(exc)

@@ -175,7 +175,8 @@ class Call:
                 if self._ended.done():
                     reason = self._ended.result()
                 else:
-                    reason, failed = session.ended.result(), True
+                    reason = session.ended.result()
+                    failed = reason != "provider_closed"  # a provider that says goodbye is not a failure
         finally:
             self.pacer.stop()
             if self.session is not None:
