@@ -1,0 +1,182 @@
+"""Certificates and keys for one dev-cluster run, generated fresh each time and never reused.
+
+Two authorities, as in a kubeadm cluster: the cluster CA signs the API server's serving certificate and the
+client certificates of the admin and the control-plane components; the front-proxy CA signs only the
+certificate the aggregator presents to extension API servers (the metrics adapter), which trust it for the
+X-Remote-User headers. ECDSA P-256 keys keep generation instant.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+_VALIDITY = datetime.timedelta(days=2)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _name(common_name: str, organizations: Sequence[str] = ()) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
+    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attributes)
+
+
+@dataclass(frozen=True)
+class CertFiles:
+    """A certificate and its private key, as PEM files."""
+
+    cert: Path
+    key: Path
+
+
+class Authority:
+    """A self-signed CA that issues leaf certificates."""
+
+    def __init__(self, common_name: str) -> None:
+        self._key = _new_key()
+        now = datetime.datetime.now(datetime.UTC)
+        self._cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(_name(common_name))
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + _VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self._cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue(
+        self,
+        common_name: str,
+        *,
+        organizations: Sequence[str] = (),
+        hosts: Sequence[str] = (),
+        server: bool = False,
+    ) -> tuple[bytes, bytes]:
+        """A leaf certificate and key (PEM): for clients, and also for serving `hosts` if `server`."""
+        key = _new_key()
+        now = datetime.datetime.now(datetime.UTC)
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+        if server:
+            usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name, organizations))
+            .issuer_name(self._cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + _VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        )
+        if hosts:
+            names: list[x509.GeneralName] = []
+            for host in hosts:
+                try:
+                    names.append(x509.IPAddress(ipaddress.ip_address(host)))
+                except ValueError:
+                    names.append(x509.DNSName(host))
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        cert = builder.sign(self._key, hashes.SHA256())
+        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Every certificate and key file one cluster run needs."""
+
+    ca: Path
+    front_proxy_ca: Path
+    apiserver: CertFiles
+    front_proxy_client: CertFiles
+    admin: CertFiles
+    controller_manager: CertFiles
+    scheduler: CertFiles
+    service_account_key: Path  # private: signs tokens in the controller-manager and API server
+    service_account_pub: Path  # public: verifies them
+
+
+# The names a client may use for the API server: loopback, and what in-cluster clients would use.
+APISERVER_HOSTS = (
+    "127.0.0.1",
+    "localhost",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+)
+
+
+def generate(directory: Path, *, service_ip: str) -> Pki:
+    """Write a fresh PKI into `directory` (private keys mode 0600)."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def write(name: str, data: bytes, private: bool = False) -> Path:
+        path = directory / name
+        path.write_bytes(data)
+        if private:
+            path.chmod(0o600)
+        return path
+
+    def pair(name: str, cert_and_key: tuple[bytes, bytes]) -> CertFiles:
+        return CertFiles(write(f"{name}.crt", cert_and_key[0]), write(f"{name}.key", cert_and_key[1], True))
+
+    ca = Authority("avr-devcluster-ca")
+    front_proxy = Authority("avr-devcluster-front-proxy-ca")
+    sa_key = _new_key()
+    return Pki(
+        ca=write("ca.crt", ca.cert_pem),
+        front_proxy_ca=write("front-proxy-ca.crt", front_proxy.cert_pem),
+        apiserver=pair(
+            "apiserver", ca.issue("kube-apiserver", hosts=(*APISERVER_HOSTS, service_ip), server=True)
+        ),
+        front_proxy_client=pair("front-proxy-client", front_proxy.issue("front-proxy-client")),
+        admin=pair("admin", ca.issue("avr-devcluster-admin", organizations=("system:masters",))),
+        controller_manager=pair("controller-manager", ca.issue("system:kube-controller-manager")),
+        scheduler=pair("scheduler", ca.issue("system:kube-scheduler")),
+        service_account_key=write("sa.key", _key_pem(sa_key), private=True),
+        service_account_pub=write(
+            "sa.pub",
+            sa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+        ),
+    )

@@ -1,0 +1,75 @@
+"""`avr-devcluster`: build the binaries, run a cluster in the foreground, or print its environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+
+from . import binaries, rundir
+from .cluster import DevCluster, StartupError
+
+
+def _exports(env: dict[str, str]) -> str:
+    return "\n".join(f"export {key}={shlex.quote(value)}" for key, value in env.items())
+
+
+def _build(_: argparse.Namespace) -> int:
+    print(binaries.build())
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    try:
+        cluster = DevCluster(args.bin_dir, nodes=args.nodes)
+        with cluster:
+            print(_exports(cluster.env()), flush=True)
+            print("# cluster is up; Ctrl-C stops it and removes its files", file=sys.stderr, flush=True)
+            signal.pause()  # until SIGINT (KeyboardInterrupt) or SIGTERM/SIGHUP (SystemExit) unwinds
+    except (binaries.MissingBinariesError, StartupError) as error:
+        print(f"avr-devcluster: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _env(_: argparse.Namespace) -> int:
+    """Exports for the pinned tools on PATH and, if `up` is running, for using that cluster."""
+    env: dict[str, str] = {}
+    try:
+        bin_dir = str(binaries.locate())
+        env[binaries.BIN_ENV] = bin_dir
+        env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    except binaries.MissingBinariesError as error:
+        print(f"# {error}", file=sys.stderr)
+    running = [path / "admin.kubeconfig" for path in rundir.live()]
+    running = [path for path in running if path.exists()]
+    if running:
+        env["KUBECONFIG"] = str(running[0])
+        env["USE_EXISTING_CLUSTER"] = "1"
+    else:
+        print("# no running cluster (start one with `avr-devcluster up`)", file=sys.stderr)
+    print(_exports(env))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="avr-devcluster", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("build", help="build or reuse the control-plane binaries; prints their directory")
+    up = commands.add_parser("up", help="start a cluster and keep it running until Ctrl-C")
+    up.add_argument("--bin-dir", help=f"binaries (default: ${binaries.BIN_ENV} or the build cache)")
+    up.add_argument("--nodes", type=int, default=3, help="number of fake kwok nodes (default 3)")
+    commands.add_parser(
+        "env", help="print shell exports: PATH with the binaries, KUBECONFIG of a running `up`"
+    )
+    args = parser.parse_args(argv)
+    handler = {"build": _build, "up": _up, "env": _env}[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
