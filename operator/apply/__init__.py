@@ -1,0 +1,1 @@
+"""Cluster I/O: server-side apply of rendered manifests, pruning, preconditions, status."""

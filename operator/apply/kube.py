@@ -1,0 +1,117 @@
+"""`Cluster` over the official kubernetes client's REST transport (generic paths, JSON in and out).
+
+The typed client has no generic server-side apply; building paths for the handful of kinds the operator
+touches is simpler than the dynamic client's discovery. Calls are blocking, so they run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from kubernetes import client, config
+
+from avr_operator.apply.cluster import ApiError, NotFoundError, Obj
+from avr_operator.constants import KIND, PLURAL
+
+PLURALS = {
+    "ConfigMap": "configmaps",
+    "Secret": "secrets",
+    "Service": "services",
+    "Deployment": "deployments",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    KIND: PLURAL,
+}
+
+
+def resource_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}/{PLURALS[kind]}"
+    return f"{path}/{name}" if name else path
+
+
+class KubeCluster:
+    """Talks to the API server of the current kubeconfig context, or of the pod's service account."""
+
+    def __init__(self, api: Any, timeout: float = 30.0) -> None:
+        self._api = api
+        self._timeout = timeout
+
+    @classmethod
+    def from_environment(cls) -> KubeCluster:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
+        return cls(client.ApiClient())
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Obj:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        request = self._api.param_serialize(
+            method,
+            path,
+            query_params=query or [],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self._api.call_api(*request, _request_timeout=self._timeout)
+        response.read()
+        data = json.loads(response.data or b"{}")
+        if response.status == 404:
+            raise NotFoundError(str(data.get("message", "not found")))
+        if not 200 <= response.status < 300:
+            raise ApiError(response.status, str(data.get("message", response.reason)))
+        result: Obj = data
+        return result
+
+    async def _request(self, *args: Any, **kwargs: Any) -> Obj:
+        return await asyncio.to_thread(self._call, *args, **kwargs)
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+        try:
+            return await self._request("GET", resource_path(api_version, kind, namespace, name))
+        except NotFoundError:
+            return None
+
+    async def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[Obj]:
+        data = await self._request(
+            "GET", resource_path(api_version, kind, namespace), [("labelSelector", label_selector)]
+        )
+        items: list[Obj] = data.get("items") or []
+        for item in items:  # list items carry no apiVersion/kind
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items
+
+    async def apply(self, manifest: Obj, *, field_manager: str, dry_run: bool = False) -> Obj:
+        meta = manifest["metadata"]
+        query = [("fieldManager", field_manager), ("force", "true")]
+        if dry_run:
+            query.append(("dryRun", "All"))
+        path = resource_path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        return await self._request("PATCH", path, query, manifest, "application/apply-patch+yaml")
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str) -> None:
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}}
+        with contextlib.suppress(NotFoundError):
+            await self._request(
+                "DELETE",
+                resource_path(api_version, kind, namespace, name),
+                [("propagationPolicy", "Background")],
+                body,
+            )
+
+    async def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: Obj) -> Obj:
+        path = resource_path(api_version, kind, namespace, name) + "/status"
+        return await self._request("PATCH", path, None, {"status": status}, "application/merge-patch+json")

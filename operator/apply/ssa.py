@@ -1,0 +1,137 @@
+"""Server-side apply that writes only when something would change, and pruning of children no longer wanted.
+
+A reconcile that changes nothing must write nothing: the live object is compared with the desired manifest
+first (cheap, exact when the API server kept our values verbatim), then with a dry-run apply (exact even when
+the server canonicalised a value, e.g. a quantity, or when a field we set earlier must now be removed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from avr_operator import metrics
+from avr_operator.apply.cluster import Cluster, Obj
+from avr_operator.constants import ANNOTATION_SPEC_HASH, API_VERSION, FIELD_MANAGER, KIND
+
+# Field manager used once to keep spec.replicas when the HPA takes over (see `needs_handover`).
+HANDOVER_MANAGER = f"{FIELD_MANAGER}-handover"
+_VOLATILE_META = ("managedFields", "resourceVersion")
+
+
+def spec_hash(manifest: Obj) -> str:
+    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def with_hash(manifest: Obj) -> Obj:
+    """The manifest annotated with its own hash: tells "unchanged since our last apply" without a diff."""
+    meta = dict(manifest["metadata"])
+    meta["annotations"] = {**meta.get("annotations", {}), ANNOTATION_SPEC_HASH: spec_hash(manifest)}
+    return {**manifest, "metadata": meta}
+
+
+def is_subset(desired: Any, live: Any) -> bool:
+    """Every value in `desired` is present, equal, in `live` (which may hold more: defaults, status)."""
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(k in live and is_subset(v, live[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        return isinstance(live, list) and len(desired) == len(live) and all(map(is_subset, desired, live))
+    return bool(desired == live)
+
+
+def _comparable(obj: Obj) -> Obj:
+    meta = {k: v for k, v in obj.get("metadata", {}).items() if k not in _VOLATILE_META}
+    return {**obj, "metadata": meta}
+
+
+def needs_handover(desired: Obj, live: Obj | None) -> bool:
+    """True when we stop setting Deployment replicas (an HPA takes over) but still own the field.
+
+    Applying without a field we solely own deletes it, and a Deployment without replicas defaults to 1: every
+    pod but one would be stopped. Applying the current value once under a second manager keeps the field
+    (Kubernetes docs, "Transferring ownership"); the HPA changes it from then on.
+    """
+    if live is None or desired["kind"] != "Deployment" or "replicas" in desired.get("spec", {}):
+        return False
+    for entry in live.get("metadata", {}).get("managedFields") or []:
+        ours = entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply"
+        if ours and "f:replicas" in (entry.get("fieldsV1") or {}).get("f:spec", {}):
+            return True
+    return False
+
+
+@dataclass
+class Plan:
+    """What one reconcile will write: decided entirely before the first write."""
+
+    writes: list[Obj]
+    handovers: list[Obj]
+
+
+async def plan(cluster: Cluster, manifests: Iterable[Obj]) -> Plan:
+    """Compare each manifest with the cluster; dry-runs also make the server validate everything up front."""
+    result = Plan([], [])
+    for manifest in manifests:
+        desired = with_hash(manifest)
+        meta = desired["metadata"]
+        live = await cluster.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+        if live is not None and is_subset(desired, live):
+            continue
+        preview = await cluster.apply(desired, field_manager=FIELD_MANAGER, dry_run=True)
+        if live is not None and _comparable(preview) == _comparable(live):
+            continue
+        result.writes.append(desired)
+        if needs_handover(desired, live):
+            assert live is not None
+            result.handovers.append(live)
+    return result
+
+
+async def execute(cluster: Cluster, todo: Plan) -> int:
+    for live in todo.handovers:
+        meta = live["metadata"]
+        keep = {
+            "apiVersion": live["apiVersion"],
+            "kind": live["kind"],
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+            "spec": {"replicas": live["spec"]["replicas"]},
+        }
+        await cluster.apply(keep, field_manager=HANDOVER_MANAGER)
+        metrics.WRITES.labels(live["kind"], "handover").inc()
+    for desired in todo.writes:
+        await cluster.apply(desired, field_manager=FIELD_MANAGER)
+        metrics.WRITES.labels(desired["kind"], "apply").inc()
+    return len(todo.writes) + len(todo.handovers)
+
+
+def _owned_by(obj: Obj, uid: str) -> bool:
+    return any(
+        ref.get("uid") == uid and ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION
+        for ref in obj.get("metadata", {}).get("ownerReferences") or []
+    )
+
+
+async def prune(
+    cluster: Cluster,
+    *,
+    namespace: str,
+    owner_uid: str,
+    selector: str,
+    kinds: Iterable[tuple[str, str]],
+    keep: set[tuple[str, str, str]],
+) -> int:
+    """Delete children of this owner the spec no longer produces (e.g. the HPA once autoscaling is off)."""
+    deleted = 0
+    for api_version, kind in kinds:
+        for obj in await cluster.list(api_version, kind, namespace, selector):
+            meta = obj["metadata"]
+            if (api_version, kind, meta["name"]) in keep or not _owned_by(obj, owner_uid):
+                continue
+            await cluster.delete(api_version, kind, namespace, meta["name"], meta["uid"])
+            metrics.WRITES.labels(kind, "delete").inc()
+            deleted += 1
+    return deleted

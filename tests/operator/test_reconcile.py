@@ -1,0 +1,263 @@
+"""The reconciler against an in-memory API server: idempotence, drift repair, preconditions, pruning."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from avr_operator.apply.reconcile import reconcile
+from avr_operator.constants import API_VERSION, KIND
+from avr_operator.testing import FakeCluster, mark_ready
+
+BODY: dict[str, Any] = {
+    "apiVersion": API_VERSION,
+    "kind": KIND,
+    "metadata": {"name": "demo", "namespace": "calls"},
+    "spec": {
+        "core": {"image": "avr-runtime:test", "envFrom": [{"secretRef": {"name": "keys"}}]},
+        "providers": {"sts": {"image": "agentvoiceresponse/avr-sts-openai"}},
+    },
+}
+SECRET = {
+    "apiVersion": "v1",
+    "kind": "Secret",
+    "metadata": {"name": "keys", "namespace": "calls"},
+    "data": {},
+}
+
+
+def cluster_with(spec: dict[str, Any] | None = None, secret: bool = True) -> FakeCluster:
+    cluster = FakeCluster()
+    body = copy.deepcopy(BODY)
+    if spec is not None:
+        body["spec"] = spec
+    cluster.add(body)
+    if secret:
+        cluster.add(SECRET)
+    return cluster
+
+
+def set_spec(cluster: FakeCluster, **changes: Any) -> None:
+    obj = cluster.objects[API_VERSION, KIND, "calls", "demo"]
+    obj["spec"].update(changes)
+    obj["metadata"]["generation"] += 1
+
+
+async def run(cluster: FakeCluster) -> Any:
+    return await reconcile(cluster, cluster.resource(), now="2030-01-01T00:00:00Z")
+
+
+def condition(cluster: FakeCluster, ctype: str) -> dict[str, Any]:
+    conditions = cluster.resource()["status"]["conditions"]
+    found: dict[str, Any] = next(c for c in conditions if c["type"] == ctype)
+    return found
+
+
+async def test_first_reconcile_creates_every_child_and_the_second_writes_nothing() -> None:
+    cluster = cluster_with()
+    first = await run(cluster)
+    assert cluster.kinds() == [
+        ("ConfigMap", "demo-core"), ("ConfigMap", "demo-sts"), ("Deployment", "demo-core"),
+        ("Deployment", "demo-sts"), ("Secret", "keys"), ("Service", "demo-core"), ("Service", "demo-sts"),
+    ]  # fmt: skip
+    assert first.writes == 6 and first.status_written
+    cluster.reset_writes()
+    second = await run(cluster)
+    assert second.writes == 0 and not second.status_written
+    assert cluster.writes == []
+    assert cluster.dry_runs == 6  # only the first reconcile needed previews
+
+
+async def test_child_ownership_and_status() -> None:
+    cluster = cluster_with()
+    await run(cluster)
+    res = cluster.resource()
+    for kind, name in cluster.kinds():
+        if kind != "Secret":
+            obj = cluster.find(kind, name)
+            assert obj is not None
+            assert obj["metadata"]["ownerReferences"][0]["uid"] == res["metadata"]["uid"]
+    status = res["status"]
+    assert status["observedGeneration"] == 1
+    assert status["replicas"] == "0/3"
+    assert condition(cluster, "Ready")["status"] == "False"
+    assert condition(cluster, "Progressing")["status"] == "True"
+    assert condition(cluster, "Degraded")["status"] == "False"
+    assert status["components"]["core"]["desiredReplicas"] == 3
+
+
+async def test_ready_once_rollouts_finish_and_transition_times_stay_put() -> None:
+    cluster = cluster_with()
+    await run(cluster)
+    degraded_since = condition(cluster, "Degraded")["lastTransitionTime"]
+    mark_ready(cluster)
+    result = await reconcile(cluster, cluster.resource(), now="2030-01-01T00:05:00Z")
+    assert result.requeue_after is None
+    ready = condition(cluster, "Ready")
+    assert (ready["status"], ready["reason"], ready["lastTransitionTime"]) == (
+        "True", "AllComponentsReady", "2030-01-01T00:05:00Z",
+    )  # fmt: skip
+    assert condition(cluster, "Degraded")["lastTransitionTime"] == degraded_since
+    assert cluster.resource()["status"]["replicas"] == "3/3"
+
+
+async def test_a_deleted_child_is_restored() -> None:
+    cluster = cluster_with()
+    await run(cluster)
+    del cluster.objects["v1", "Service", "calls", "demo-core"]
+    cluster.reset_writes()
+    result = await run(cluster)
+    assert result.writes == 1 and cluster.writes == [("apply", "Service", "demo-core")]
+
+
+async def test_a_hand_edit_is_reverted() -> None:
+    cluster = cluster_with()
+    await run(cluster)
+    dep = cluster.find("Deployment", "demo-core")
+    assert dep is not None
+    dep["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:latest"
+    await run(cluster)
+    dep = cluster.find("Deployment", "demo-core")
+    assert dep is not None and dep["spec"]["template"]["spec"]["containers"][0]["image"] == "avr-runtime:test"
+
+
+async def test_missing_secret_degrades_without_writing_anything() -> None:
+    cluster = cluster_with(secret=False)
+    result = await run(cluster)
+    assert result.writes == 0 and cluster.kinds() == []
+    degraded = condition(cluster, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "MissingReference")
+    assert "Secret 'keys' (core.envFrom[0]) not found" in degraded["message"]
+    assert [(e.type, e.reason) for e in result.events] == [("Warning", "MissingReference")]
+    assert result.requeue_after is not None
+    # The same problem again: no new event, no status write.
+    cluster.reset_writes()
+    again = await run(cluster)
+    assert again.events == [] and cluster.writes == []
+    # The Secret appears: everything is applied and the resource recovers.
+    cluster.add(SECRET)
+    fixed = await run(cluster)
+    assert fixed.writes == 6
+    assert condition(cluster, "Degraded")["status"] == "False"
+    assert ("Normal", "Recovered") in [(e.type, e.reason) for e in fixed.events]
+
+
+async def test_missing_secret_key_is_named() -> None:
+    spec = copy.deepcopy(BODY["spec"])
+    spec["providers"]["sts"]["env"] = [
+        {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "openai"}}}
+    ]
+    cluster = cluster_with(spec)
+    await run(cluster)
+    assert (
+        "has no key 'openai' (providers.sts.env[OPENAI_API_KEY])" in condition(cluster, "Degraded")["message"]
+    )
+    assert cluster.kinds() == [("Secret", "keys")]
+
+
+async def test_an_invalid_spec_is_reported_not_applied() -> None:
+    spec = copy.deepcopy(BODY["spec"])
+    spec["autoscaling"] = {"minReplicas": 9, "maxReplicas": 2}
+    cluster = cluster_with(spec)
+    result = await run(cluster)
+    assert result.writes == 0 and cluster.kinds() == [("Secret", "keys")]
+    degraded = condition(cluster, "Degraded")
+    assert (
+        degraded["reason"] == "InvalidSpec"
+        and "minReplicas must not exceed maxReplicas" in degraded["message"]
+    )
+
+
+async def test_a_server_refusal_leaves_nothing_half_applied() -> None:
+    cluster = cluster_with()
+    cluster.reject_kinds.add("Deployment")
+    result = await run(cluster)
+    assert result.writes == 0 and cluster.kinds() == [("Secret", "keys")]
+    assert condition(cluster, "Degraded")["reason"] == "Rejected"
+
+
+async def test_enabling_autoscaling_hands_replicas_to_the_hpa_without_scaling_down() -> None:
+    cluster = cluster_with()
+    await run(cluster)
+    mark_ready(cluster)
+    set_spec(cluster, autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 8})
+    await run(cluster)
+    dep = cluster.find("Deployment", "demo-core")
+    assert dep is not None and dep["spec"]["replicas"] == 3  # not reset to 1
+    managers = {e["manager"] for e in dep["metadata"]["managedFields"]}
+    assert managers == {"avr-operator", "avr-operator-handover"}
+    hpa = cluster.find("HorizontalPodAutoscaler", "demo-core")
+    assert hpa is not None and hpa["spec"]["maxReplicas"] == 8
+    # The HPA now scales; the operator leaves replicas alone and writes nothing.
+    dep["spec"]["replicas"] = 6
+    cluster.reset_writes()
+    mark_ready(cluster)
+    hpa["status"] = {
+        "currentReplicas": 6,
+        "desiredReplicas": 6,
+        "currentMetrics": [
+            {
+                "type": "Pods",
+                "pods": {"metric": {"name": "avr_queue_length"}, "current": {"averageValue": "4"}},
+            }
+        ],
+    }
+    result = await run(cluster)
+    assert result.writes == 0
+    assert cluster.find("Deployment", "demo-core")["spec"]["replicas"] == 6  # type: ignore[index]
+    core = cluster.resource()["status"]["components"]["core"]
+    assert core["autoscaler"] == {
+        "currentReplicas": 6, "desiredReplicas": 6, "currentMetrics": {"avr_queue_length": "4"},
+    }  # fmt: skip
+
+
+async def test_disabling_autoscaling_prunes_the_hpa() -> None:
+    spec = copy.deepcopy(BODY["spec"])
+    spec["autoscaling"] = {"enabled": True}
+    cluster = cluster_with(spec)
+    await run(cluster)
+    assert cluster.find("HorizontalPodAutoscaler", "demo-core") is not None
+    set_spec(cluster, autoscaling={"enabled": False})
+    await run(cluster)
+    assert cluster.find("HorizontalPodAutoscaler", "demo-core") is None
+    dep = cluster.find("Deployment", "demo-core")
+    assert dep is not None and dep["spec"]["replicas"] == 3
+
+
+async def test_switching_providers_prunes_the_old_ones_and_their_status() -> None:
+    cluster = cluster_with()
+    await run(cluster)
+    set_spec(cluster, providers={"asr": {"image": "a"}, "llm": {"image": "l"}, "tts": {"image": "t"}})
+    await run(cluster)
+    names = {name for kind, name in cluster.kinds() if kind == "Deployment"}
+    assert names == {"demo-core", "demo-asr", "demo-llm", "demo-tts"}
+    assert cluster.find("ConfigMap", "demo-sts") is None and cluster.find("Service", "demo-sts") is None
+    assert set(cluster.resource()["status"]["components"]) == {"core", "asr", "llm", "tts"}
+    config = cluster.find("ConfigMap", "demo-core")
+    assert config is not None and "STS_URL" not in config["data"]
+
+
+async def test_objects_of_someone_else_are_never_pruned() -> None:
+    cluster = cluster_with()
+    await run(cluster)
+    stranger = copy.deepcopy(cluster.find("ConfigMap", "demo-core"))
+    assert stranger is not None
+    stranger["metadata"] = {**stranger["metadata"], "name": "lookalike", "ownerReferences": []}
+    del stranger["metadata"]["uid"]
+    cluster.add(stranger)
+    await run(cluster)
+    assert cluster.find("ConfigMap", "lookalike") is not None
+
+
+@pytest.mark.parametrize("availability", [{"enabled": True}, {"enabled": True, "minAvailable": 1}])
+async def test_disruption_budgets_follow_the_spec(availability: dict[str, Any]) -> None:
+    spec = copy.deepcopy(BODY["spec"])
+    spec["availability"] = availability
+    cluster = cluster_with(spec)
+    await run(cluster)
+    assert cluster.find("PodDisruptionBudget", "demo-core") is not None
+    set_spec(cluster, availability={"enabled": False})
+    await run(cluster)
+    assert cluster.find("PodDisruptionBudget", "demo-core") is None
