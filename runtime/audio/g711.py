@@ -32,7 +32,8 @@ def _alaw_decode_table() -> npt.NDArray[np.int16]:
 
 def _encode_table(decode: npt.NDArray[np.int16]) -> npt.NDArray[np.uint8]:
     """For every int16 value the code whose decoded value is nearest (exact inverse on the code points)."""
-    order = np.argsort(decode, kind="stable")
+    # ties (μ-law's +0 0xFF and -0 0x7F) go to the higher code, so zero encodes as the idle code 0xFF
+    order = np.lexsort((-np.arange(len(decode)), decode))
     levels = decode[order].astype(np.int32)
     samples = np.arange(-32768, 32768, dtype=np.int32)
     idx = np.clip(np.searchsorted(levels, samples), 1, len(levels) - 1)
@@ -68,12 +69,18 @@ def pcm_to_alaw(pcm: bytes) -> bytes:
 
 
 def guess_law(data: bytes) -> str:
-    """Tell μ-law from A-law in one 8-bit payload: the right table gives the quieter signal.
+    """Tell μ-law from A-law in one 8-bit payload: the right table gives the smoother signal.
 
-    Telephone audio is mostly silence or soft speech; decoded with the wrong table, both laws' silence codes land
-    far from zero.
+    The two laws order their codes differently, so decoding with the wrong table scrambles neighbouring levels
+    into jumps: speech decoded correctly has the smaller sample-to-sample variation at any level. A constant
+    payload (digital silence) has none either way; then the quieter decoding wins, since both laws' silence
+    codes land far from zero through the other table.
     """
     codes = np.frombuffer(data, dtype=np.uint8)
-    u = np.abs(ULAW_DECODE[codes].astype(np.int32)).mean()
-    a = np.abs(ALAW_DECODE[codes].astype(np.int32)).mean()
-    return "ulaw" if u <= a else "alaw"
+    u = ULAW_DECODE[codes].astype(np.int32)
+    a = ALAW_DECODE[codes].astype(np.int32)
+    u_var = int(np.abs(np.diff(u)).sum())
+    a_var = int(np.abs(np.diff(a)).sum())
+    if u_var != a_var:
+        return "ulaw" if u_var < a_var else "alaw"
+    return "ulaw" if np.abs(u).sum() <= np.abs(a).sum() else "alaw"
