@@ -61,11 +61,13 @@ def alaw_to_pcm(data: bytes) -> bytes:
 
 
 def pcm_to_ulaw(pcm: bytes) -> bytes:
-    return ULAW_ENCODE[np.frombuffer(pcm, dtype="<u2")].tobytes()
+    codes: npt.NDArray[np.uint8] = ULAW_ENCODE[np.frombuffer(pcm, dtype="<u2")]
+    return codes.tobytes()
 
 
 def pcm_to_alaw(pcm: bytes) -> bytes:
-    return ALAW_ENCODE[np.frombuffer(pcm, dtype="<u2")].tobytes()
+    codes: npt.NDArray[np.uint8] = ALAW_ENCODE[np.frombuffer(pcm, dtype="<u2")]
+    return codes.tobytes()
 
 
 def guess_law(data: bytes) -> str:
