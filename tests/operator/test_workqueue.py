@@ -1,0 +1,88 @@
+"""The per-resource work loop: coalescing, one run at a time, requeue, resync, survival of errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+from avr_operator.workqueue import WorkQueue
+
+
+async def test_bursts_coalesce_into_one_run() -> None:
+    calls: list[tuple[str, str]] = []
+
+    async def work(namespace: str, name: str) -> float | None:
+        calls.append((namespace, name))
+        return None
+
+    queue = WorkQueue(work, resync_seconds=60, debounce_seconds=0.05)
+    for _ in range(20):
+        queue.trigger("ns", "a")
+    queue.trigger("ns", "b")
+    await asyncio.sleep(0.2)
+    assert sorted(calls) == [("ns", "a"), ("ns", "b")]
+    assert len(queue) == 2
+    await queue.stop()
+
+
+async def test_runs_never_overlap_and_a_trigger_during_a_run_reruns() -> None:
+    running = 0
+    peak = 0
+    runs = 0
+
+    async def work(namespace: str, name: str) -> float | None:
+        nonlocal running, peak, runs
+        running += 1
+        runs += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        return None
+
+    queue = WorkQueue(work, resync_seconds=60, debounce_seconds=0.0)
+    queue.trigger("ns", "a")
+    await asyncio.sleep(0.02)
+    queue.trigger("ns", "a")  # arrives mid-run
+    await asyncio.sleep(0.2)
+    assert peak == 1 and runs == 2
+    await queue.stop()
+
+
+async def test_requeue_resync_and_errors() -> None:
+    runs = 0
+
+    async def work(namespace: str, name: str) -> float | None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise RuntimeError("boom")
+        return 0.05 if runs < 4 else None
+
+    queue = WorkQueue(work, resync_seconds=0.1, debounce_seconds=0.0)
+    queue.trigger("ns", "a")
+    await asyncio.sleep(0.05)
+    assert runs == 1  # the error backs off instead of spinning
+    await queue.stop()
+
+    runs = 1
+    queue = WorkQueue(work, resync_seconds=0.1, debounce_seconds=0.0)
+    queue.trigger("ns", "a")
+    await asyncio.sleep(0.45)
+    assert runs >= 5  # requeues, then the periodic resync keeps checking
+    await queue.stop()
+
+
+async def test_forget_stops_the_loop() -> None:
+    runs = 0
+
+    async def work(namespace: str, name: str) -> float | None:
+        nonlocal runs
+        runs += 1
+        return 0.01
+
+    queue = WorkQueue(work, resync_seconds=0.01, debounce_seconds=0.0)
+    queue.trigger("ns", "a")
+    await asyncio.sleep(0.05)
+    queue.forget("ns", "a")
+    seen = runs
+    await asyncio.sleep(0.05)
+    assert runs == seen and len(queue) == 0
