@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import uuid
 from collections import deque
 
@@ -27,6 +28,8 @@ from avr_runtime.server.context import WorkerContext
 from avr_runtime.services import metrics
 
 log = logging.getLogger(__name__)
+
+SEND_BUFFER_BYTES = 32 * 1024
 
 
 class StreamCodec:
@@ -126,6 +129,11 @@ async def handle(request: web.Request, ctx: WorkerContext) -> web.StreamResponse
         raise web.HTTPServiceUnavailable(text="at_capacity")
     ctx.update_readiness()
     ws = web.WebSocketResponse(compress=False, max_msg_size=64 * 1024, heartbeat=30)
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None:
+        # Real-time audio: seconds of kernel buffering would only be latency. Keep it small so a slow
+        # client shows up as backpressure here (bounded queue, counted drops) instead.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
     try:
         await ws.prepare(request)
         leg = StreamLeg(ws, stream_codec, settings.stream_queue_frames)
