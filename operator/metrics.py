@@ -13,6 +13,3 @@ RECONCILE_SECONDS = Histogram(
 ERRORS = Counter("avr_operator_reconcile_errors_total", "Failed reconciliations, by reason.", ["reason"])
 WRITES = Counter("avr_operator_writes_total", "Writes to the API server, by kind and verb.", ["kind", "verb"])
 MANAGED = Gauge("avr_operator_managed_resources", "AVRDeployments the operator currently manages.")
-DEGRADED = Gauge(
-    "avr_operator_degraded_resources", "Managed AVRDeployments whose Degraded condition is True."
-)

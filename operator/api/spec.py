@@ -178,7 +178,9 @@ class CoreSpec(ApiModel):
         description="Pods when autoscaling is disabled (ignored while the HPA owns replicas).",
     )
     resources: Resources = resources_field(
-        {"cpu": "1", "memory": "1Gi"}, {"cpu": "2", "memory": "2Gi"}, "CPU and memory of each core pod."
+        {"cpu": "1", "memory": "1Gi"},
+        {"cpu": "2", "memory": "2Gi"},
+        "CPU and memory of each core pod (default: requests 1 CPU / 1Gi, limits 2 CPU / 2Gi).",
     )
     audio: AudioSpec = sub(AudioSpec, "Audio format and analysis windows.")
     connection: ConnectionSpec = sub(ConnectionSpec, "Connections to the providers.")
@@ -231,7 +233,7 @@ class ProviderSpec(ApiModel):
     resources: Resources = resources_field(
         {"cpu": "250m", "memory": "256Mi"},
         {"cpu": "1", "memory": "1Gi"},
-        "CPU and memory of each provider pod.",
+        "CPU and memory of each provider pod (default: requests 250m / 256Mi, limits 1 CPU / 1Gi).",
     )
     env: tuple[EnvVar, ...] = env_field("provider")
     env_from: tuple[EnvFromSource, ...] = env_from_field("provider")
@@ -316,16 +318,16 @@ class ScalingPolicy(ApiModel):
 
 
 class ScalingRules(ApiModel):
-    """How fast the HPA may scale in one direction."""
+    """How fast the HPA may scale in one direction; unset fields take the HPA's own defaults."""
 
-    stabilization_window_seconds: int = Field(
-        0, ge=0, le=3600, description="Past recommendations considered, to avoid flapping."
+    stabilization_window_seconds: int | None = Field(
+        None, ge=0, le=3600, description="Past recommendations considered, to avoid flapping."
     )
-    select_policy: Literal["Max", "Min", "Disabled"] = Field(
-        "Max", description="Which policy wins when several apply; Disabled forbids this direction."
+    select_policy: Literal["Max", "Min", "Disabled"] | None = Field(
+        None, description="Which policy wins when several apply; Disabled forbids this direction."
     )
-    policies: tuple[ScalingPolicy, ...] = Field(
-        default_factory=tuple, max_length=10, description="Limits on the rate of change."
+    policies: tuple[ScalingPolicy, ...] | None = Field(
+        None, min_length=1, max_length=10, description="Limits on the rate of change."
     )
 
 
