@@ -18,8 +18,8 @@ TAPS: Final = 48  # per full filter; 24 per polyphase branch
 def _design(taps: int) -> npt.NDArray[np.float64]:
     """Half-band low-pass (cut-off at a quarter of the high rate) with a Kaiser window."""
     n = np.arange(taps) - (taps - 1) / 2
-    h = 0.5 * np.sinc(0.5 * n) * np.kaiser(taps, 8.0)
-    return h / h.sum()
+    h: npt.NDArray[np.float64] = 0.5 * np.sinc(0.5 * n) * np.kaiser(taps, 8.0)
+    return h / float(h.sum())
 
 
 _FILTER: Final = _design(TAPS)
@@ -45,6 +45,8 @@ class Upsampler:
         self._history = np.zeros(len(self._even) - 1)
 
     def process(self, pcm: bytes) -> bytes:
+        if not pcm:
+            return b""
         x = np.concatenate((self._history, _to_float(pcm)))
         self._history = x[len(x) - len(self._history) :]
         out = np.empty(2 * (len(x) - len(self._history)))
@@ -63,6 +65,8 @@ class Downsampler:
         self._phase = 0  # index into the next chunk of the first sample to keep
 
     def process(self, pcm: bytes) -> bytes:
+        if not pcm:  # convolving the history alone would invent a sample
+            return b""
         x = np.concatenate((self._history, _to_float(pcm)))
         self._history = x[len(x) - (TAPS - 1) :]
         y = np.convolve(x, _FILTER, mode="valid")

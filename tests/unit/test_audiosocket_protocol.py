@@ -168,9 +168,7 @@ def test_empty_audio_is_refused() -> None:
 
 
 def test_largest_audio_payload_is_accepted() -> None:
-    assert FrameParser().feed(raw(0x10, bytes(a.MAX_AUDIO_PAYLOAD))) == [
-        Frame(Kind.AUDIO, bytes(a.MAX_AUDIO_PAYLOAD))
-    ]
+    assert FrameParser().feed(raw(0x10, bytes(a.MAX_AUDIO_PAYLOAD))) == [Frame(Kind.AUDIO, bytes(a.MAX_AUDIO_PAYLOAD))]
 
 
 def test_oversized_error_payload_is_refused() -> None:

@@ -185,10 +185,7 @@ def test_angle_brackets_that_are_not_think_tags_are_kept() -> None:
     assert split_all(["a < b and <th> x. "]) == ["a < b and <th> x."]
 
 
-TEXT = (
-    "Hi there. <think>Let me think. Maybe 3.5?</think>The price is 3.5 euros! "
-    "Anything else? <think>x</think>Bye"
-)
+TEXT = "Hi there. <think>Let me think. Maybe 3.5?</think>The price is 3.5 euros! Anything else? <think>x</think>Bye"
 SENTENCES = ["Hi there.", "The price is 3.5 euros!", "Anything else?", "Bye"]
 
 

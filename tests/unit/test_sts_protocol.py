@@ -70,9 +70,7 @@ def test_missing_or_bad_type_is_a_message_error(text: str) -> None:
         sts.decode_client(text)
 
 
-@pytest.mark.parametrize(
-    "text", ['{"type":"audio"}', '{"type":"audio","audio":5}', '{"type":"audio","audio":null}']
-)
+@pytest.mark.parametrize("text", ['{"type":"audio"}', '{"type":"audio","audio":5}', '{"type":"audio","audio":null}'])
 def test_audio_without_a_string_is_a_message_error(text: str) -> None:
     with pytest.raises(MessageError):
         sts.decode(text)
