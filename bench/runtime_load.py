@@ -58,7 +58,6 @@ LOSS_GRACE_NS: Final = 200_000_000  # frames sent this close to the hang-up may 
 SETTLE_S: Final = 0.3  # after every call is connected and its provider session answers
 TAIL_S: Final = 0.3  # after the last frame, before the hang-up
 PROBE_TIMEOUT_S: Final = 15.0
-PROBE_EVERY_S: Final = 0.1
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES: Final = os.sysconf("SC_PAGE_SIZE")
 
@@ -284,6 +283,13 @@ def ms(values_ns: npt.NDArray[np.int64], q: float) -> float:
     return float(np.percentile(values_ns, q)) / 1e6 if len(values_ns) else math.nan
 
 
+def next_due(due: int, now: int) -> int:
+    """The next 20 ms slot on a monotonic grid. A sender stalled for more than a period restarts the grid
+    from now instead of catching up in a burst, as a telephony timer does: a burst would sit in the worker's
+    playout buffer and be charged to the worker as latency for the rest of the call."""
+    return (now if now - due > PERIOD_NS else due) + PERIOD_NS
+
+
 def gap_counts(arrivals: array[int]) -> tuple[int, int]:
     """(gaps, late gaps): inter-arrival times outside 15..25 ms."""
     if len(arrivals) < 2:
@@ -298,13 +304,15 @@ def gap_counts(arrivals: array[int]) -> tuple[int, int]:
 class PcmCall(asyncio.Protocol):
     """One AudioSocket call: a paced sender on loop timers, a receiver matching echoes by sequence number."""
 
-    def __init__(self, frames: int, window: Window) -> None:
+    def __init__(self, frames: int, window: Window, server_speaks_first: bool) -> None:
         self.frames = frames
         self.window = window
+        self.server_speaks_first = server_speaks_first  # the worker's pacer starts when its call is set up
+        self.probe_sent = False
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.seq = 0
-        self.start_ns = 0
+        self.due = 0
         self.first_measured = 0
         self.last_measured = -1
         self.received = bytearray(frames + 1)
@@ -322,15 +330,15 @@ class PcmCall(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = t = cast(asyncio.Transport, transport)  # uvloop's transport is not a subclass
         t.write(bytes((0x01, 0, 16)) + uuid.uuid4().bytes)
-        self._send_probe()
+        if not self.server_speaks_first:
+            self._send_probe()
 
     def _send_probe(self) -> None:
-        """Repeated every 100 ms until one comes back: a frame that beats the provider session is dropped."""
-        transport = self.transport
-        if self.probe.done() or transport is None or transport.is_closing():
-            return
-        transport.write(AUDIO_HEADER + STAMP.pack(PROBE_SEQ, time.monotonic_ns()) + FILLER)
-        asyncio.get_running_loop().call_later(PROBE_EVERY_S, self._send_probe)
+        """One frame whose echo proves the provider path is up. Only one: frames queued while the provider session
+        connects come back as a burst, and a burst stays in the worker's playout buffer as added latency."""
+        if not self.probe_sent and self.transport is not None and not self.transport.is_closing():
+            self.probe_sent = True
+            self.transport.write(AUDIO_HEADER + STAMP.pack(PROBE_SEQ, time.monotonic_ns()) + FILLER)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
@@ -350,7 +358,7 @@ class PcmCall(asyncio.Protocol):
     # --- sending ---
 
     def start(self, start_ns: int) -> None:
-        self.start_ns = start_ns
+        self.due = start_ns
         asyncio.get_running_loop().call_at(start_ns / 1e9, self._tick)
 
     def _tick(self) -> None:
@@ -358,7 +366,6 @@ class PcmCall(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         now = time.monotonic_ns()
-        due = self.start_ns + self.seq * PERIOD_NS
         self.seq += 1
         transport.write(AUDIO_HEADER + STAMP.pack(self.seq, now) + FILLER)
         if now >= self.window.start:
@@ -367,9 +374,10 @@ class PcmCall(asyncio.Protocol):
             if now <= self.window.loss_end:
                 self.last_measured = self.seq
             if now <= self.window.end:
-                self.lag.append(now - due)
+                self.lag.append(now - self.due)
         if self.seq < self.frames:
-            asyncio.get_running_loop().call_at((due + PERIOD_NS) / 1e9, self._tick)
+            self.due = next_due(self.due, now)
+            asyncio.get_running_loop().call_at(self.due / 1e9, self._tick)
 
     # --- receiving ---
 
@@ -398,6 +406,8 @@ class PcmCall(asyncio.Protocol):
         if seq == 0:  # the worker's own silence: nothing of ours was waiting for this slot
             if window.start <= now <= window.end:
                 self.silence += 1
+            if not self.probe_sent:
+                self._send_probe()
             return
         if seq == PROBE_SEQ:
             if not self.probe.done():
@@ -450,16 +460,16 @@ class PcmResult:
         return 100 * self.late / self.gaps if self.gaps else math.nan
 
 
-async def connect_pcm(port: int, n: int, frames: int, window: Window) -> list[PcmCall]:
+async def connect_pcm(server: Server, n: int, frames: int, window: Window) -> list[PcmCall]:
     """Open ``n`` calls, a few dozen connects at a time (the listen backlog is finite)."""
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(32)
-    calls = [PcmCall(frames, window) for _ in range(n)]
+    calls = [PcmCall(frames, window, server.http_port is not None) for _ in range(n)]
 
     async def connect(call: PcmCall) -> None:
         async with gate:
             with contextlib.suppress(OSError):
-                await loop.create_connection(lambda: call, HOST, port)
+                await loop.create_connection(lambda: call, HOST, server.port)
 
     await asyncio.gather(*(connect(c) for c in calls))
     return calls
@@ -476,7 +486,7 @@ async def pcm_load(server: Server, load_pids: Sequence[int], n: int, warmup: flo
     idle = rss_bytes(server.proc.pid)
     frames = round((warmup + seconds) * 1e9 / PERIOD_NS)
     window = Window()
-    calls = await connect_pcm(server.port, n, frames, window)
+    calls = await connect_pcm(server, n, frames, window)
     await wait_probes(calls)
     await asyncio.sleep(SETTLE_S)
     t0 = time.monotonic_ns() + 50_000_000
@@ -603,16 +613,18 @@ class OpusCall:
         if ws is None:
             return
         window = self.window
+        due = start_ns
         with contextlib.suppress(ConnectionError, RuntimeError):
             for k in range(self.frames):
-                await sleep_until_ns(start_ns + k * PERIOD_NS)
+                await sleep_until_ns(due)
                 if ws.closed:
                     return
+                now = time.monotonic_ns()
                 if k % CYCLE_FRAMES == 0:
-                    now = time.monotonic_ns()
                     self.bursts.append(now)
                     self.markers_sent += window.start <= now <= window.loss_end
                 await ws.send_bytes(self.packets[k % CYCLE_FRAMES])
+                due = next_due(due, now)
 
     async def hang_up(self) -> None:
         ws = self.ws
