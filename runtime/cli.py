@@ -40,7 +40,10 @@ def _provider(args: argparse.Namespace) -> int:
     kinds = KINDS if args.kind == "all" else tuple(args.kind.split(","))
     unknown = set(kinds) - set(KINDS)
     if unknown:
-        print(f"avr-runtime provider: unknown kind(s) {sorted(unknown)}; choose from {KINDS} or all", file=sys.stderr)
+        print(
+            f"avr-runtime provider: unknown kind(s) {sorted(unknown)}; choose from {KINDS} or all",
+            file=sys.stderr,
+        )
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(kinds, args.host, args.port, args.delay_ms)
@@ -81,7 +84,7 @@ def wait_http(url: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -114,7 +117,7 @@ def _demo(args: argparse.Namespace) -> int:
         wait_http(f"http://127.0.0.1:{http_port}/ready")
         call = argparse.Namespace(host="127.0.0.1", port=as_port, text=args.text, dtmf="", tail=args.tail)
         code = _call(call)
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics") as resp:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics") as resp:
             wanted = ("avr_calls_ended_total", "avr_frames_out_total", "avr_frame_latency_seconds_count")
             for line in resp.read().decode().splitlines():
                 if line.startswith(wanted):

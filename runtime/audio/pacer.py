@@ -26,6 +26,7 @@ TRIM_AFTER_TICKS: Final = 50
 class Pacer:
     __slots__ = (
         "_backlog_ticks",
+        "_earliest",
         "_grace",
         "_handle",
         "_loop",
@@ -64,6 +65,7 @@ class Pacer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._next = 0.0
+        self._earliest = 0.0  # the last send + period - max_slew: no slot may be earlier
         self._talking = False
         self._grace = False
         self._backlog_ticks = 0
@@ -96,7 +98,7 @@ class Pacer:
             return
         wait = self._next - now
         if wait > self.margin:
-            self._next -= min(wait - self.margin, self.max_slew)
+            self._next = max(self._next - min(wait - self.margin, self.max_slew), self._earliest)
             self._handle.cancel()
             self._handle = loop.call_at(self._next, self._tick)
 
@@ -119,7 +121,9 @@ class Pacer:
                         self._on_drop()
             else:
                 self._backlog_ticks = 0
-        self._next = anchor + self.period
+        # keep the grid, unless this send was late: then the next one may come only max_slew early
+        self._earliest = self._loop.time() + self.period - self.max_slew
+        self._next = max(anchor + self.period, self._earliest)
         self._handle = self._loop.call_at(self._next, self._tick)
 
     def _tick(self) -> None:
@@ -131,7 +135,8 @@ class Pacer:
             self._grace = False
             self._send(self._silence, None)
             self._talking = False
-            self._next = slot - self.margin + self.period
+            self._earliest = now + self.period - self.max_slew
+            self._next = max(slot - self.margin + self.period, self._earliest)
             self._handle = loop.call_at(self._next, self._tick)
             return
         lateness = now - slot

@@ -44,7 +44,7 @@ async def place_call(
     tail_s: float = 0.5,
     hangup: bool = True,
     frame_bytes: int = pcm.SLIN8_FRAME_BYTES,
-    timeout: float = 60.0,
+    time_limit: float = 60.0,
 ) -> CallResult:
     """Stream ``audio`` paced in real time, then ``tail_s`` of silence, collecting what comes back.
 
@@ -55,10 +55,8 @@ async def place_call(
     parser = wire.FrameParser()
 
     async def receive() -> None:
-        try:
+        with contextlib.suppress(ConnectionError):
             await _receive()
-        except ConnectionError:
-            pass
         result.closed = True
 
     async def _receive() -> None:
@@ -74,7 +72,7 @@ async def place_call(
                     result.errors.append(frame.payload[0] if frame.payload else -1)
 
     receiver = asyncio.create_task(receive())
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(time_limit):
         writer.write(wire.uuid_frame(uuidlib.UUID(result.uuid)))
         padded = audio + pcm.silence(int(tail_s * 8000) * 2)
         padded += pcm.silence(-len(padded) % frame_bytes)

@@ -39,7 +39,7 @@ def speech_like(seconds: float, rate: int = 8000, seed: int = 1) -> bytes:
     syllables = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) ** 2
     pauses = (np.sin(2 * np.pi * 0.5 * t) > -0.6).astype(float)
     signal = 0.25 * voiced * syllables * pauses + 0.002 * rng.standard_normal(n)
-    return (np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes()
+    return bytes((np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes())
 
 
 def sample_speech(text: str = "Hello, I would like to check the status of my order.", rate: int = 8000) -> bytes:

@@ -19,7 +19,22 @@ from avr_runtime.protocol import sts
 log = logging.getLogger(__name__)
 
 KINDS: Final = ("sts", "asr", "llm", "tts")
-STATS: Final = web.AppKey("stats", Counter[str])
+
+
+class Stats:
+    """Request counters, served on GET /stats so tests can see what reached the provider."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def __getitem__(self, key: str) -> int:
+        return self.counts[key]
+
+    def __setitem__(self, key: str, value: int) -> None:
+        self.counts[key] = value
+
+
+STATS: Final = web.AppKey("stats", Stats)
 OPTS: Final = web.AppKey("opts", dict[str, float])
 _AUDIO_PREFIX: Final = '{"type":"audio"'
 
@@ -165,7 +180,7 @@ async def tts_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def stats_handler(request: web.Request) -> web.Response:
-    return web.json_response(dict(request.app[STATS]))
+    return web.json_response(dict(request.app[STATS].counts))
 
 
 async def health(request: web.Request) -> web.Response:
@@ -174,7 +189,7 @@ async def health(request: web.Request) -> web.Response:
 
 def build_app(kinds: tuple[str, ...], delay_ms: float = 0.0) -> web.Application:
     app = web.Application()
-    app[STATS] = Counter()
+    app[STATS] = Stats()
     app[OPTS] = {"delay_ms": delay_ms}
     app.router.add_get("/health", health)
     app.router.add_get("/stats", stats_handler)

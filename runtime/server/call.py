@@ -135,9 +135,10 @@ class Call:
 
     async def _connect(self, session: ProviderSession) -> str | None:
         """Start the provider session unless the caller leaves first; returns an end reason on failure."""
-        start = asyncio.ensure_future(session.start())
+        start: asyncio.Future[None] = asyncio.ensure_future(session.start())
+        waiting: set[asyncio.Future[Any]] = {start, self._ended}
         with metrics.queued():
-            await asyncio.wait({start, self._ended}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if not start.done():
             start.cancel()
             with contextlib.suppress(asyncio.CancelledError, ProviderUnavailable):
@@ -154,7 +155,7 @@ class Call:
     async def run(self) -> str:
         """Connect the provider, play until the call ends; returns the reason it ended."""
         ctx = self.ctx
-        ctx.calls[self.uuid] = self
+        ctx.add_call(self)
         metrics.CALLS_STARTED.labels(self.leg_name).inc()
         log.info(
             "call started",
@@ -183,7 +184,7 @@ class Call:
                 with contextlib.suppress(Exception):
                     await self.session.close()
             self.leg.hang_up(reason, ErrorCode.PROVIDER_UNAVAILABLE if failed else None)
-            ctx.calls.pop(self.uuid, None)
+            ctx.remove_call(self)
             metrics.CALLS_ENDED.labels(reason.split(":")[0]).inc()
             duration = time.monotonic() - self._started
             log.info(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,17 @@ class WorkerContext:
     tts: TtsClient | None = None
     calls: dict[str, Call] = field(default_factory=dict)
     draining: bool = False
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set whenever no call is live
+
+    def add_call(self, call: Call) -> None:
+        self.calls[call.uuid] = call
+        self.idle.clear()
+
+    def remove_call(self, call: Call) -> None:
+        if self.calls.get(call.uuid) is call:
+            del self.calls[call.uuid]
+        if not self.calls:
+            self.idle.set()
 
     @classmethod
     def create(cls, settings: Settings) -> WorkerContext:
@@ -63,10 +75,9 @@ class WorkerContext:
             ctx.tts = TtsClient(HttpPool("tts", size, policy), settings.tts_url, settings.tts_voice, ctx.cache)
         if settings.webhook_url:
             secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-            ctx.webhooks = WebhookSender(
-                settings.webhook_url, secret, settings.webhook_timeout, settings.webhook_retry
-            )
+            ctx.webhooks = WebhookSender(settings.webhook_url, secret, settings.webhook_timeout, settings.webhook_retry)
             ctx.webhooks.start()
+        ctx.idle.set()
         ctx.update_readiness()
         return ctx
 

@@ -186,4 +186,3 @@ async def _receive(ws: web.WebSocketResponse, call: Call, codec: StreamCodec) ->
                 call.dtmf(str(ctl.get("digit", ""))[:1].upper())
         elif msg.type is WSMsgType.ERROR:
             return
-

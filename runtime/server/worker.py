@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-import time
 
 from aiohttp import web
 
@@ -58,18 +58,15 @@ class Worker:
         ctx.update_readiness()
         if self._server is not None:
             self._server.close()  # stop listening: new AudioSocket connections are refused by the kernel
-        deadline = time.monotonic() + self.settings.drain_timeout
         live = len(ctx.calls)
         log.info("draining %d live call(s), up to %.0fs", live, self.settings.drain_timeout)
-        while ctx.calls and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.idle.wait(), self.settings.drain_timeout)
         cut = len(ctx.calls)
         for call in list(ctx.calls.values()):
             call.end("drain_timeout")
-        for _ in range(50):  # give the ended calls a moment to send their hangup
-            if not ctx.calls:
-                break
-            await asyncio.sleep(0.02)
+        with contextlib.suppress(TimeoutError):  # give the ended calls a moment to send their hangup
+            await asyncio.wait_for(ctx.idle.wait(), 1.0)
         log.info("drained: %d call(s) finished, %d ended at the deadline", live - cut, cut)
         return cut
 

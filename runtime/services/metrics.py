@@ -51,7 +51,9 @@ CACHE_HITS: Final = Counter("avr_cache_hits_total", "TTS cache hits.")
 CACHE_MISSES: Final = Counter("avr_cache_misses_total", "TTS cache misses.")
 CACHE_ENTRIES: Final = Gauge("avr_cache_entries", "TTS phrases cached.")
 FRAMES_DROPPED: Final = Counter(
-    "avr_frames_dropped_total", "Audio frames discarded, by reason (overflow, bargein, backpressure).", ["reason"]
+    "avr_frames_dropped_total",
+    "Audio frames discarded, by reason (overflow, bargein, backpressure).",
+    ["reason"],
 )
 FRAMES_LATE: Final = Counter(
     "avr_frames_late_total", "Outbound frames sent more than 5 ms after their slot (the event loop was late)."

@@ -44,7 +44,7 @@ class RetryPolicy:
     def worst_case(self) -> float:
         """Upper bound of time spent before giving up: what keeps a dead provider from hanging a call."""
         return (self.retries + 1) * self.timeout + sum(
-            min(self.max_delay, self.base_delay * 2**i) for i in range(self.retries)
+            min(self.max_delay, self.base_delay * 2.0**i) for i in range(self.retries)
         )
 
 

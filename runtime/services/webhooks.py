@@ -37,9 +37,7 @@ def event(call_uuid: str, kind: str, payload: dict[str, Any] | None = None) -> d
 
 
 class WebhookSender:
-    def __init__(
-        self, url: str, secret: str | None, timeout_ms: int, retries: int, queue_size: int = 10_000
-    ) -> None:
+    def __init__(self, url: str, secret: str | None, timeout_ms: int, retries: int, queue_size: int = 10_000) -> None:
         self.url = url
         self._headers = {"Content-Type": "application/json"}
         if secret:

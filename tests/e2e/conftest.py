@@ -57,11 +57,7 @@ def provider(procs: list[Proc], tmpdir_path: Path) -> ProviderFactory:
 def worker(procs: list[Proc], tmpdir_path: Path) -> WorkerFactory:
     def start(**env_overrides: str | int | float) -> Proc:
         as_port, http_port = free_port(), free_port()
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.endswith("_URL") and k not in ("PORT", "HTTP_PORT")
-        }
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_URL") and k not in ("PORT", "HTTP_PORT")}
         env |= {"HOST": "127.0.0.1", "PORT": str(as_port), "HTTP_PORT": str(http_port), "LOG_FORMAT": "json"}
         env |= {k.upper(): str(v) for k, v in env_overrides.items()}
         proc = spawn(["serve"], env, tmpdir_path, f"worker-{as_port}")
@@ -77,5 +73,3 @@ def worker(procs: list[Proc], tmpdir_path: Path) -> WorkerFactory:
 def speech() -> bytes:
     """About two seconds of real speech (espeak-ng) at 8 kHz, or a speech-like signal without it."""
     return sample_speech("Hello, I would like to check the status of my order.")
-
-

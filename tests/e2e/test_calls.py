@@ -89,7 +89,7 @@ async def test_provider_down_ends_the_call_within_timeout_times_retries(worker: 
     w = worker(sts_url=f"ws://127.0.0.1:{free_port()}", connection_timeout=300, max_retries=2)
     loop = asyncio.get_running_loop()
     start = loop.time()
-    result = await call(w, bytes(320 * 500), hangup=False, timeout=20)
+    result = await call(w, bytes(320 * 500), hangup=False, time_limit=20)
     elapsed = loop.time() - start
     assert result.hangup
     assert result.errors == [wire.ErrorCode.PROVIDER_UNAVAILABLE]
@@ -145,7 +145,7 @@ async def test_malformed_frame_ends_only_its_call(
 
 async def test_truncated_frame_at_close_is_logged(worker: WorkerFactory) -> None:
     w = worker()
-    reader, writer = await asyncio.open_connection("127.0.0.1", w.ports["audiosocket"])
+    _reader, writer = await asyncio.open_connection("127.0.0.1", w.ports["audiosocket"])
     writer.write(wire.uuid_frame(uuid.uuid4()) + b"\x10\x01\x40" + bytes(100))
     await writer.drain()
     await asyncio.sleep(0.2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import statistics
 
@@ -50,7 +51,7 @@ async def test_opus_client_gets_its_speech_back_paced(
     assert len(received) >= len(packets)
     pcm_back = b"".join(dec.decode(p) for _, p in received)
     assert all(len(dec.decode(p)) == frame for _, p in received[:5]), "20 ms Opus frames"
-    gaps = [(b[0] - a[0]) * 1000 for a, b in zip(received, received[1:], strict=False)]
+    gaps = [(b[0] - a[0]) * 1000 for a, b in itertools.pairwise(received)]
     assert 19.0 <= statistics.median(gaps) <= 21.0
     # the echoed speech is there: loud where the speech was, not silence
     assert energy(pcm_back) > 0.3 * energy(speech16)
@@ -92,7 +93,7 @@ async def test_slow_stream_client_is_bounded(provider: ProviderFactory, worker: 
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills fast
     sock.connect(("127.0.0.1", w.ports["http"]))
-    reader, writer = await asyncio.open_connection(sock=sock)
+    _reader, writer = await asyncio.open_connection(sock=sock)
     key = "dGhlIHNhbXBsZSBub25jZQ=="
     writer.write(
         (

@@ -28,7 +28,7 @@ def http_json(url: str, data: Any = None, timeout: float = 5.0) -> tuple[int, An
     req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
     req.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
             return resp.status, _parse(raw), dict(resp.headers)
     except urllib.error.HTTPError as err:
@@ -57,7 +57,7 @@ class Proc:
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         """Value of one sample from /metrics (0 when absent)."""
-        with urllib.request.urlopen(self.url("/metrics"), timeout=5) as resp:  # noqa: S310
+        with urllib.request.urlopen(self.url("/metrics"), timeout=5) as resp:
             text = resp.read().decode()
         want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
         for line in text.splitlines():
@@ -80,7 +80,7 @@ def wait_healthy(proc: Proc, url: str, timeout: float = 20.0) -> None:
         if proc.popen.poll() is not None:
             raise RuntimeError(f"process exited with {proc.popen.returncode}:\n{proc.log}")
         try:
-            with urllib.request.urlopen(url, timeout=1):  # noqa: S310
+            with urllib.request.urlopen(url, timeout=1):
                 return
         except OSError:
             time.sleep(0.05)
@@ -90,11 +90,10 @@ def wait_healthy(proc: Proc, url: str, timeout: float = 20.0) -> None:
 def spawn(args: list[str], env: dict[str, str], tmp: Path, name: str) -> Proc:
     log_path = tmp / f"{name}.log"
     out = log_path.open("wb")
-    popen = subprocess.Popen(  # noqa: S603 - our own entry point
+    popen = subprocess.Popen(
         [sys.executable, "-P", "-m", "avr_runtime", *args], env=env, stdout=out, stderr=subprocess.STDOUT
     )
     return Proc(popen, log_path)
-
 
 
 def sts_url(proc: Proc) -> str:

@@ -60,11 +60,11 @@ class TtsClient:
                 carry = b""
                 async for chunk in resp.content.iter_any():
                     parts.append(chunk)
-                    chunk = carry + chunk
-                    even = len(chunk) - len(chunk) % 2
-                    carry = chunk[even:]
+                    data = carry + chunk
+                    even = len(data) - len(data) % 2
+                    carry = data[even:]
                     if even:
-                        yield chunk[:even]
+                        yield data[:even]
         self.cache.put(key, b"".join(parts))
 
     async def fetch(self, text: str) -> int:
@@ -195,9 +195,7 @@ class ChainSession(ProviderSession):
             resp = await with_retries(
                 "llm",
                 self._llm.policy,
-                lambda: self._llm.session.post(
-                    self._llm_url, data=body, headers={"Content-Type": "application/json"}
-                ),
+                lambda: self._llm.session.post(self._llm_url, data=body, headers={"Content-Type": "application/json"}),
             )
             async with resp:
                 if resp.status >= 400:

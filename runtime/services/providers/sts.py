@@ -32,9 +32,7 @@ def with_query(url: str, params: dict[str, Any]) -> str:
 
 
 class StsSession(ProviderSession):
-    def __init__(
-        self, pool: HttpPool, url: str, call_uuid: str, listener: Listener, metadata: dict[str, Any]
-    ) -> None:
+    def __init__(self, pool: HttpPool, url: str, call_uuid: str, listener: Listener, metadata: dict[str, Any]) -> None:
         super().__init__()
         self._pool = pool
         self._url = with_query(url, metadata)
