@@ -180,9 +180,10 @@ async def test_grace_expires_into_silence_and_keeps_spacing() -> None:
 async def test_stop_stops() -> None:
     pacer, rec, buf = make()
     pacer.start()
-    assert pacer.running
+    running_before = pacer.running
     await asyncio.sleep(0.1)
     pacer.stop()
+    assert running_before
     assert not pacer.running
     n = len(rec.sent)
     assert n >= 3
