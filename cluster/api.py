@@ -45,9 +45,7 @@ class ApiClient:
         except urllib.error.HTTPError as error:
             return int(error.code), error.read().decode(errors="replace")
 
-    def call(
-        self, method: str, path: str, body: JSON | None = None, *, content_type: str = "application/json"
-    ) -> JSON:
+    def call(self, method: str, path: str, body: JSON | None = None, *, content_type: str = "application/json") -> JSON:
         """Like `request`, but raise ApiError unless the status is 2xx; returns the decoded JSON body."""
         status, text = self.request(method, path, body, content_type=content_type)
         if not 200 <= status < 300:
@@ -66,6 +64,9 @@ class ApiClient:
             body,
             content_type="application/apply-patch+yaml",
         )
+
+    def merge_patch(self, path: str, body: JSON) -> JSON:
+        return self.call("PATCH", path, body, content_type="application/merge-patch+json")
 
     def delete(self, path: str) -> None:
         status, text = self.request("DELETE", path)

@@ -81,6 +81,7 @@ class AuditLog:
         user_agent: str | None = None,
         namespace: str | None = None,
         resource: str | None = None,
+        name: str | None = None,
         include_dry_run: bool = False,
     ) -> list[WriteRequest]:
         """Write requests logged after `since`, optionally only those matching every given filter.
@@ -106,6 +107,8 @@ class AuditLog:
             if namespace is not None and request.namespace != namespace:
                 continue
             if resource is not None and request.resource != resource:
+                continue
+            if name is not None and request.name != name:
                 continue
             result.append(request)
         return result

@@ -34,9 +34,7 @@ def build(*, check_only: bool = False) -> Path:
     result = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:
         if check_only:
-            raise MissingBinariesError(
-                f"control-plane binaries are not built; run {BUILD_SCRIPT} (or scripts/test)"
-            )
+            raise MissingBinariesError(f"control-plane binaries are not built; run {BUILD_SCRIPT} (or scripts/test)")
         raise RuntimeError(f"{BUILD_SCRIPT} failed with status {result.returncode}")
     lines = result.stdout.strip().splitlines()
     return Path(lines[-1])

@@ -165,9 +165,7 @@ def generate(directory: Path, *, service_ip: str) -> Pki:
     return Pki(
         ca=write("ca.crt", ca.cert_pem),
         front_proxy_ca=write("front-proxy-ca.crt", front_proxy.cert_pem),
-        apiserver=pair(
-            "apiserver", ca.issue("kube-apiserver", hosts=(*APISERVER_HOSTS, service_ip), server=True)
-        ),
+        apiserver=pair("apiserver", ca.issue("kube-apiserver", hosts=(*APISERVER_HOSTS, service_ip), server=True)),
         front_proxy_client=pair("front-proxy-client", front_proxy.issue("front-proxy-client")),
         admin=pair("admin", ca.issue("avr-devcluster-admin", organizations=("system:masters",))),
         controller_manager=pair("controller-manager", ca.issue("system:kube-controller-manager")),

@@ -63,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="start a cluster and keep it running until Ctrl-C")
     up.add_argument("--bin-dir", help=f"binaries (default: ${binaries.BIN_ENV} or the build cache)")
     up.add_argument("--nodes", type=int, default=3, help="number of fake kwok nodes (default 3)")
-    commands.add_parser(
-        "env", help="print shell exports: PATH with the binaries, KUBECONFIG of a running `up`"
-    )
+    commands.add_parser("env", help="print shell exports: PATH with the binaries, KUBECONFIG of a running `up`")
     args = parser.parse_args(argv)
     handler = {"build": _build, "up": _up, "env": _env}[args.command]
     return handler(args)

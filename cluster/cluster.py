@@ -133,7 +133,11 @@ class DevCluster:
         supervisor.start("metrics-adapter", components.metrics_adapter(layout))
 
         for index in range(self.node_count):
-            api.apply(f"/api/v1/nodes/kwok-node-{index}", _node(f"kwok-node-{index}"))
+            path = f"/api/v1/nodes/kwok-node-{index}"
+            api.apply(path, _node(f"kwok-node-{index}"))
+            # Admission taints new nodes not-ready; the node-lifecycle controller that would lift the taint
+            # does not run (see components.kube_controller_manager), so lift it here.
+            api.merge_patch(path, {"spec": {"taints": None}})
         wait_for("fake nodes Ready", lambda: _nodes_ready(api, self.node_count, supervisor), self.timeout)
         wait_for(
             "the default ServiceAccount",
@@ -149,9 +153,7 @@ class DevCluster:
         namespace, name = metrics_adapter.SERVICE_NAMESPACE, metrics_adapter.SERVICE_NAME
         api.apply(f"/api/v1/namespaces/{namespace}/services/{name}", service)
         for apiservice in metrics_adapter.apiservice_objects(self.layout.ports.adapter):
-            api.apply(
-                f"/apis/apiregistration.k8s.io/v1/apiservices/{apiservice['metadata']['name']}", apiservice
-            )
+            api.apply(f"/apis/apiregistration.k8s.io/v1/apiservices/{apiservice['metadata']['name']}", apiservice)
 
     def _unregister_metrics_api(self) -> None:
         api = self.api()
@@ -176,9 +178,7 @@ class DevCluster:
     def _logs_report(self) -> str:
         if self._layout is None or not self._layout.logs.is_dir():
             return ""
-        parts = [
-            f"--- {log.name} (last lines) ---\n{tail(log)}" for log in sorted(self._layout.logs.glob("*.log"))
-        ]
+        parts = [f"--- {log.name} (last lines) ---\n{tail(log)}" for log in sorted(self._layout.logs.glob("*.log"))]
         return "\n".join(parts)
 
 

@@ -30,9 +30,7 @@ class ClusterUnderTest:
     def require_local(self) -> DevCluster:
         """The local control plane; skips the test on an existing cluster, which lacks its extras."""
         if self.local is None:
-            pytest.skip(
-                f"needs the local control plane (audit log, metrics adapter); {EXISTING_ENV}=1 is set"
-            )
+            pytest.skip(f"needs the local control plane (audit log, metrics adapter); {EXISTING_ENV}=1 is set")
         return self.local
 
 
