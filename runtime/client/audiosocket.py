@@ -44,11 +44,13 @@ async def place_call(
     tail_s: float = 0.5,
     hangup: bool = True,
     frame_bytes: int = pcm.SLIN8_FRAME_BYTES,
+    silence_byte: int = 0,
     time_limit: float = 60.0,
 ) -> CallResult:
     """Stream ``audio`` paced in real time, then ``tail_s`` of silence, collecting what comes back.
 
-    ``dtmf`` maps a frame index to a digit sent just before that frame.
+    ``dtmf`` maps a frame index to a digit sent just before that frame. ``silence_byte`` pads the audio: 0 for slin,
+    0xFF for μ-law, 0xD5 for A-law.
     """
     result = CallResult(call_uuid or str(uuidlib.uuid4()))
     reader, writer = await asyncio.open_connection(host, port)
@@ -74,8 +76,8 @@ async def place_call(
     receiver = asyncio.create_task(receive())
     async with asyncio.timeout(time_limit):
         writer.write(wire.uuid_frame(uuidlib.UUID(result.uuid)))
-        padded = audio + pcm.silence(int(tail_s * 8000) * 2)
-        padded += pcm.silence(-len(padded) % frame_bytes)
+        tail = int(tail_s * 50) * frame_bytes + (-len(audio) % frame_bytes)
+        padded = audio + bytes([silence_byte]) * tail
         start = time.monotonic()
         for i in range(len(padded) // frame_bytes):
             if receiver.done():

@@ -18,8 +18,8 @@ async def call(worker: Proc, audio: bytes, **kw: object) -> CallResult:
     return await place_call("127.0.0.1", worker.ports["audiosocket"], audio, **kw)  # type: ignore[arg-type]
 
 
-def frames_of(audio: bytes, size: int) -> list[bytes]:
-    padded = audio + bytes(-len(audio) % size)
+def frames_of(audio: bytes, size: int, pad: int = 0) -> list[bytes]:
+    padded = audio + bytes([pad]) * (-len(audio) % size)
     return [padded[i : i + size] for i in range(0, len(padded), size)]
 
 
@@ -156,10 +156,10 @@ async def test_ulaw_payloads_are_detected_and_answered_in_ulaw(
     sts = provider("sts")
     w = worker(sts_url=sts_url(sts))
     ulaw = g711.pcm_to_ulaw(speech)
-    result = await call(w, ulaw, frame_bytes=160, tail_s=0.3)
+    result = await call(w, ulaw, frame_bytes=160, silence_byte=g711.ULAW_SILENCE, tail_s=0.3)
     assert result.audio_frames and all(len(f) == 160 for f in result.audio_frames)
     # compared as PCM: μ-law has two codes for zero, so re-encoding is exact in value, not in bytes
-    sent = [g711.ulaw_to_pcm(f) for f in frames_of(ulaw, 160)]
+    sent = [g711.ulaw_to_pcm(f) for f in frames_of(ulaw, 160, g711.ULAW_SILENCE)]
     assert_echoed(sent, [g711.ulaw_to_pcm(f) for f in result.audio_frames], bytes(320))
 
 
