@@ -88,3 +88,17 @@ async def test_cached_phrases_skip_tts_during_calls(
     assert w.metric("avr_cache_hits_total") >= 2
     _, stats, _ = http_json(p.url("/stats"))
     assert stats["tts_requests"] == w.metric("avr_cache_misses_total")
+
+
+async def test_caller_barging_in_cuts_the_reply(
+    provider: ProviderFactory, worker: WorkerFactory, speech: bytes
+) -> None:
+    """The chain has no provider-side VAD: the worker's own analysis windows detect the caller talking over the
+    agent, drop the queued reply and cancel the turn."""
+    p = provider("all")
+    w = worker(**chain_env(p))
+    pause = bytes(2 * 8000 * 2)  # 2 s: the utterance ends, the reply starts playing
+    result = await place_call("127.0.0.1", w.ports["audiosocket"], speech + pause + speech, tail_s=1.0)
+    assert w.metric("avr_interruptions_total", {"source": "vad"}) >= 1
+    assert w.metric("avr_frames_dropped_total", {"reason": "bargein"}) > 0
+    assert result.hangup
