@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 import uvloop
 
-from avr_runtime.audio.opus import OpusDecoder, OpusEncoder
+from avr_runtime.audio.opus import OpusDecoder, OpusEncoder, OpusFrameError
 
 T = TypeVar("T")
 
@@ -591,7 +591,12 @@ class OpusCall:
     def _frame(self, packet: bytes, now: int) -> None:
         if self.window.start <= now <= self.window.end:
             self.arrivals.append(now)
-        x = np.frombuffer(self.decoder.decode(packet), dtype="<i2").astype(np.float32)
+        try:
+            pcm = self.decoder.decode(packet)
+        except OpusFrameError as exc:
+            self.error = str(exc)
+            return
+        x = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
         if now >= self.holdoff and float(np.dot(x, x)) > LOUD_MEAN_SQUARE * len(x):
             self.holdoff = now + MARKER_HOLDOFF_NS
             self._marker(now)
