@@ -118,7 +118,14 @@ def _demo(args: argparse.Namespace) -> int:
         call = argparse.Namespace(host="127.0.0.1", port=as_port, text=args.text, dtmf="", tail=args.tail)
         code = _call(call)
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics") as resp:
-            wanted = ("avr_calls_ended_total", "avr_frames_out_total", "avr_frame_latency_seconds_count")
+            wanted = (
+                "avr_calls_ended_total",
+                "avr_frames_out_total",
+                "avr_frames_late_total",
+                "avr_frame_latency_seconds_count",
+                "avr_turn_latency_seconds_sum",
+                "avr_turn_latency_seconds_count",
+            )
             for line in resp.read().decode().splitlines():
                 if line.startswith(wanted):
                     print(f"metric: {line}")
