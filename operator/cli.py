@@ -31,9 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NS",
         help="watch this namespace (repeatable; globs such as 'team-*' allowed)",
     )
-    scope.add_argument(
-        "-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)"
-    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
     run.add_argument(
         "--liveness",
         default="http://0.0.0.0:8080/healthz",
@@ -60,9 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     crd.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
 
     rend = sub.add_parser("render", help="print the manifests one AVRDeployment produces (no cluster needed)")
-    rend.add_argument(
-        "-f", "--filename", required=True, help="YAML file with AVRDeployment(s); '-' for stdin"
-    )
+    rend.add_argument("-f", "--filename", required=True, help="YAML file with AVRDeployment(s); '-' for stdin")
     rend.add_argument("--namespace", default="default", help="namespace of objects that set none")
     return parser
 

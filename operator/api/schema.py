@@ -14,6 +14,14 @@ from pydantic import BaseModel
 JsonObj = dict[str, Any]
 
 _DROP = {"title", "additionalProperties"}
+# What apiextensions.k8s.io/v1 JSONSchemaProps accepts (the subset this project uses).
+ALLOWED = {
+    "type", "description", "properties", "items", "additionalProperties", "required", "enum", "default",
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern",
+    "minItems", "maxItems", "minProperties", "maxProperties", "format", "anyOf", "x-kubernetes-int-or-string",
+    "x-kubernetes-validations", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
+    "x-kubernetes-preserve-unknown-fields",
+}  # fmt: skip
 
 
 class SchemaError(ValueError):
@@ -56,8 +64,10 @@ def _structural(node: JsonObj, defs: JsonObj, path: str) -> JsonObj:
         elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
             out[key.replace("exclusive", "").lower()] = value
             out[key] = True
-        else:
+        elif key in ALLOWED:
             out[key] = value
+        else:
+            raise SchemaError(f"{path}: {key!r} is not allowed in a CRD schema")
     if "type" not in out and not out.get("x-kubernetes-int-or-string"):
         raise SchemaError(f"{path}: no type")
     return out

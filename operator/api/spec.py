@@ -26,8 +26,14 @@ PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 
 
 def sub(model: type[ApiModel], description: str) -> Any:
-    """A nested block that is always present: `default: {}` lets the API server fill in its own defaults."""
-    return Field(default_factory=model, description=description, json_schema_extra={"default": {}})
+    """A nested block that is always present, defaulting to its fields' defaults.
+
+    The CRD gets the expanded default rather than `{}`: the API server checks defaults against the block's CEL
+    rules before its inner defaults would apply.
+    """
+    return Field(
+        default_factory=model, description=description, json_schema_extra={"default": model.model_validate({}).dump()}
+    )
 
 
 def _zero(value: int | str) -> bool:
@@ -46,9 +52,7 @@ class AudioSpec(ApiModel):
     buffer_size: int = Field(
         1024, ge=64, le=65536, description="Analysis window in samples, 1024 = 64 ms at 16 kHz (BUFFER_SIZE)."
     )
-    overlap: float = Field(
-        0.5, ge=0.0, lt=1.0, description="Overlap of successive windows, 0 to <1 (BUFFER_OVERLAP)."
-    )
+    overlap: float = Field(0.5, ge=0.0, lt=1.0, description="Overlap of successive windows, 0 to <1 (BUFFER_OVERLAP).")
     codec: Literal["opus", "pcm16", "ulaw", "alaw"] = Field(
         "opus", description="Codec of the client stream leg (AUDIO_CODEC)."
     )
@@ -67,23 +71,17 @@ class AudioSpec(ApiModel):
 class ConnectionSpec(ApiModel):
     """Connections from the core to its providers."""
 
-    pool_size: int = Field(
-        10, ge=1, le=1000, description="Connections kept per provider (CONNECTION_POOL_SIZE)."
-    )
+    pool_size: int = Field(10, ge=1, le=1000, description="Connections kept per provider (CONNECTION_POOL_SIZE).")
     timeout_ms: int = Field(
         5000, ge=1, le=600000, description="Connect/request timeout in milliseconds (CONNECTION_TIMEOUT)."
     )
-    max_retries: int = Field(
-        3, ge=0, le=20, description="Retries of a failed provider request (MAX_RETRIES)."
-    )
+    max_retries: int = Field(3, ge=0, le=20, description="Retries of a failed provider request (MAX_RETRIES).")
 
 
 class CacheSpec(ApiModel):
     """LRU cache of synthesised speech (same text, same audio)."""
 
-    max_size: int = Field(
-        1000, ge=0, le=10_000_000, description="Entries kept; 0 disables the cache (CACHE_MAX_SIZE)."
-    )
+    max_size: int = Field(1000, ge=0, le=10_000_000, description="Entries kept; 0 disables the cache (CACHE_MAX_SIZE).")
     ttl_seconds: int = Field(3600, ge=1, le=604800, description="Seconds an entry lives (CACHE_TTL).")
 
 
@@ -91,9 +89,7 @@ class RateLimitSpec(ApiModel):
     """Requests allowed per client and window."""
 
     requests: int = Field(100, ge=1, le=1_000_000, description="Requests per window and client (RATE_LIMIT).")
-    window_seconds: int = Field(
-        60, ge=1, le=86400, description="Length of the window in seconds (RATE_WINDOW)."
-    )
+    window_seconds: int = Field(60, ge=1, le=86400, description="Length of the window in seconds (RATE_WINDOW).")
 
 
 class LoggingSpec(ApiModel):
@@ -143,9 +139,7 @@ class WebhookSpec(ApiModel):
     secret_ref: SecretKeySelector | None = Field(
         None, description="Secret key sent as header X-AVR-WEBHOOK-SECRET (WEBHOOK_SECRET)."
     )
-    timeout_ms: int = Field(
-        3000, ge=1, le=60000, description="Request timeout in milliseconds (WEBHOOK_TIMEOUT)."
-    )
+    timeout_ms: int = Field(3000, ge=1, le=60000, description="Request timeout in milliseconds (WEBHOOK_TIMEOUT).")
     retries: int = Field(0, ge=0, le=10, description="Retries of a failed delivery (WEBHOOK_RETRY).")
 
 
@@ -167,9 +161,7 @@ class PortsSpec(ApiModel):
 class CoreSpec(ApiModel):
     """The AVR core: the worker Asterisk connects to, which drives the providers."""
 
-    image: Image = Field(
-        description="Worker image speaking AVR's core protocols (GET /health, /ready, /metrics)."
-    )
+    image: Image = Field(description="Worker image speaking AVR's core protocols (GET /health, /ready, /metrics).")
     image_pull_policy: PullPolicy | None = Field(None, description="When to pull the image.")
     replicas: int = Field(
         3,
@@ -210,9 +202,7 @@ class ProviderAutoscalingSpec(ApiModel):
     enabled: bool = Field(False, description="Create a HorizontalPodAutoscaler for this provider.")
     min_replicas: int = Field(1, ge=1, le=1000, description="Fewest pods.")
     max_replicas: int = Field(5, ge=1, le=1000, description="Most pods.")
-    target_cpu_utilization: int = Field(
-        70, ge=1, le=100, description="Target average CPU use, % of requests."
-    )
+    target_cpu_utilization: int = Field(70, ge=1, le=100, description="Target average CPU use, % of requests.")
 
     rules = (
         Rule(
@@ -366,16 +356,12 @@ class BehaviorSpec(ApiModel):
 class AutoscalingSpec(ApiModel):
     """Horizontal autoscaling of the core on its call queue (`avr_queue_length`) and optionally CPU."""
 
-    enabled: bool = Field(
-        False, description="Create a HorizontalPodAutoscaler; it then owns the core's replicas."
-    )
+    enabled: bool = Field(False, description="Create a HorizontalPodAutoscaler; it then owns the core's replicas.")
     min_replicas: int = Field(3, ge=1, le=1000, description="Fewest core pods.")
     max_replicas: int = Field(10, ge=1, le=1000, description="Most core pods.")
     target_queue_length: Quantity = Field(
         5,
-        description=(
-            "Target average of the Pods metric avr_queue_length per pod (needs a custom metrics adapter)."
-        ),
+        description=("Target average of the Pods metric avr_queue_length per pod (needs a custom metrics adapter)."),
     )
     target_cpu_utilization: int | None = Field(
         None, ge=1, le=100, description="Optional target average CPU use, % of requests."
@@ -440,7 +426,7 @@ class ServiceSpec(ApiModel):
     external_traffic_policy: Literal["Cluster", "Local"] | None = Field(
         None, description="Local keeps the client's source IP (NodePort and LoadBalancer only)."
     )
-    annotations: dict[Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=4096)]] = Field(
+    annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=dict,
         max_length=50,
         description="Annotations of the Service (e.g. load balancer settings).",

@@ -19,9 +19,7 @@ class Condition(ApiModel):
     reason: str = Field(max_length=128, description="CamelCase reason, for machines.")
     message: str = Field("", max_length=4096, description="Explanation, for people.")
     last_transition_time: str = Field(description="When status last changed (RFC 3339).")
-    observed_generation: int | None = Field(
-        None, description="Generation of the spec the condition refers to."
-    )
+    observed_generation: int | None = Field(None, description="Generation of the spec the condition refers to.")
 
 
 class AutoscalerStatus(ApiModel):

@@ -128,9 +128,7 @@ class EnvVarSource(ApiModel):
     secret_key_ref: SecretKeySelector | None = Field(
         None, description="Take the value from a Secret key (the place for API keys)."
     )
-    config_map_key_ref: ConfigMapKeySelector | None = Field(
-        None, description="Take the value from a ConfigMap key."
-    )
+    config_map_key_ref: ConfigMapKeySelector | None = Field(None, description="Take the value from a ConfigMap key.")
     field_ref: FieldSelector | None = Field(None, description="Take the value from a field of the pod.")
 
     rules = (
@@ -139,10 +137,7 @@ class EnvVarSource(ApiModel):
             " + (has(self.fieldRef) ? 1 : 0) == 1",
             "set exactly one of secretKeyRef, configMapKeyRef, fieldRef",
             lambda s: (
-                _count(
-                    s.secret_key_ref is not None, s.config_map_key_ref is not None, s.field_ref is not None
-                )
-                == 1
+                _count(s.secret_key_ref is not None, s.config_map_key_ref is not None, s.field_ref is not None) == 1
             ),
         ),
     )
@@ -182,9 +177,7 @@ class EnvFromSource(ApiModel):
     secret_ref: LocalObjectReference | None = Field(
         None, description="A Secret whose keys become variables (e.g. OPENAI_API_KEY)."
     )
-    config_map_ref: LocalObjectReference | None = Field(
-        None, description="A ConfigMap whose keys become variables."
-    )
+    config_map_ref: LocalObjectReference | None = Field(None, description="A ConfigMap whose keys become variables.")
 
     rules = (
         Rule(

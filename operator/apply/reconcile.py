@@ -61,9 +61,7 @@ def _condition(status: Obj, ctype: str) -> Obj:
 
 def _validation_message(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()[:5]
-        )
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()[:5])
     return str(exc)
 
 
@@ -140,9 +138,7 @@ async def reconcile(cluster: Cluster, body: Obj, now: str | None = None) -> Resu
     elif was.get("status") == "True":
         result.events.append(Event("Normal", "Recovered", "the spec is realised again"))
     if result.writes:
-        result.events.append(
-            Event("Normal", "Applied", f"{result.writes} child object(s) created or updated")
-        )
+        result.events.append(Event("Normal", "Applied", f"{result.writes} child object(s) created or updated"))
     if _condition(status, "Ready").get("status") != "True":
         result.requeue_after = RETRY_SECONDS
 

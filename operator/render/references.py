@@ -41,9 +41,7 @@ def references(spec: AVRDeploymentSpec) -> list[Reference]:
     refs = _env_refs(spec.core.env, spec.core.env_from, "core")
     webhook = spec.core.webhook
     if webhook is not None and webhook.secret_ref is not None and not webhook.secret_ref.optional:
-        refs.append(
-            Reference("Secret", webhook.secret_ref.name, webhook.secret_ref.key, "core.webhook.secretRef")
-        )
+        refs.append(Reference("Secret", webhook.secret_ref.name, webhook.secret_ref.key, "core.webhook.secretRef"))
     for role, provider in spec.providers.items():
         refs += _env_refs(provider.env, provider.env_from, f"providers.{role}")
     for i, pull in enumerate(spec.image_pull_secrets):

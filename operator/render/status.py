@@ -66,9 +66,7 @@ def _metric_value(metric: Mapping[str, Any]) -> tuple[str, str] | None:
     kind = metric.get("type")
     if kind == "Pods":
         pods = metric.get("pods") or {}
-        return str(pods.get("metric", {}).get("name", "pods")), str(
-            pods.get("current", {}).get("averageValue", "")
-        )
+        return str(pods.get("metric", {}).get("name", "pods")), str(pods.get("current", {}).get("averageValue", ""))
     if kind == "Resource":
         res = metric.get("resource") or {}
         current = res.get("current") or {}
@@ -94,11 +92,7 @@ def _autoscaler(hpa: Obj) -> Obj:
 def _condition(ctype: str, ok: bool, reason: str, message: str, *, previous: list[Obj], now: str) -> Obj:
     status = "True" if ok else "False"
     old = next((c for c in previous if c.get("type") == ctype), None)
-    since = (
-        old["lastTransitionTime"]
-        if old and old.get("status") == status and old.get("lastTransitionTime")
-        else now
-    )
+    since = old["lastTransitionTime"] if old and old.get("status") == status and old.get("lastTransitionTime") else now
     return {
         "type": ctype,
         "status": status,
@@ -119,9 +113,7 @@ def compute_status(
     """The full status object. `observed` is keyed by component (core first); empty for an invalid spec."""
     prev_conditions: list[Obj] = list((previous or {}).get("conditions") or [])
     health = {role: _health(obs) for role, obs in observed.items()}
-    names = {
-        role: (obs.deployment or {}).get("metadata", {}).get("name", "") for role, obs in observed.items()
-    }
+    names = {role: (obs.deployment or {}).get("metadata", {}).get("name", "") for role, obs in observed.items()}
 
     not_ready = [f"{r} {h.ready}/{h.desired}" for r, h in health.items() if h.ready < h.desired or h.rolling]
     stuck = [Problem("RolloutStuck", f"{r}: {h.stuck}") for r, h in health.items() if h.stuck]

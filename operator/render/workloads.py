@@ -46,18 +46,14 @@ def service(owner: AVRDeployment, c: Component) -> Manifest:
     spec: dict[str, Any] = {
         "type": "ClusterIP",
         "selector": selector_labels(owner, c.role),
-        "ports": [
-            {"name": name, "port": port, "targetPort": name, "protocol": "TCP"} for name, port in c.ports
-        ],
+        "ports": [{"name": name, "port": port, "targetPort": name, "protocol": "TCP"} for name, port in c.ports],
     }
     if c.role == CORE:
         svc = owner.spec.service
         spec["type"] = svc.type
         spec["sessionAffinity"] = svc.session_affinity
         if svc.session_affinity_timeout_seconds is not None:
-            spec["sessionAffinityConfig"] = {
-                "clientIP": {"timeoutSeconds": svc.session_affinity_timeout_seconds}
-            }
+            spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": svc.session_affinity_timeout_seconds}}
         if svc.external_traffic_policy is not None:
             spec["externalTrafficPolicy"] = svc.external_traffic_policy
         if svc.annotations:

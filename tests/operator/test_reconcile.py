@@ -151,9 +151,7 @@ async def test_missing_secret_key_is_named() -> None:
     ]
     cluster = cluster_with(spec)
     await run(cluster)
-    assert (
-        "has no key 'openai' (providers.sts.env[OPENAI_API_KEY])" in condition(cluster, "Degraded")["message"]
-    )
+    assert "has no key 'openai' (providers.sts.env[OPENAI_API_KEY])" in condition(cluster, "Degraded")["message"]
     assert cluster.kinds() == [("Secret", "keys")]
 
 
@@ -164,10 +162,7 @@ async def test_an_invalid_spec_is_reported_not_applied() -> None:
     result = await run(cluster)
     assert result.writes == 0 and cluster.kinds() == [("Secret", "keys")]
     degraded = condition(cluster, "Degraded")
-    assert (
-        degraded["reason"] == "InvalidSpec"
-        and "minReplicas must not exceed maxReplicas" in degraded["message"]
-    )
+    assert degraded["reason"] == "InvalidSpec" and "minReplicas must not exceed maxReplicas" in degraded["message"]
 
 
 async def test_a_server_refusal_leaves_nothing_half_applied() -> None:

@@ -56,9 +56,7 @@ def test_sts_is_wired_to_its_service(make_body: Make) -> None:
 
 
 def test_the_trio_is_wired_to_its_services(make_body: Make) -> None:
-    body = make_body(
-        providers={"asr": {"image": "a"}, "llm": {"image": "l", "port": 7000}, "tts": {"image": "t"}}
-    )
+    body = make_body(providers={"asr": {"image": "a"}, "llm": {"image": "l", "port": 7000}, "tts": {"image": "t"}})
     objs = manifests(body)
     config = objs["ConfigMap", "demo-core"]["data"]
     assert config["ASR_URL"] == "http://demo-asr:6010/speech-to-text-stream"
@@ -223,9 +221,7 @@ def test_owner_references_enable_garbage_collection(make_body: Make) -> None:
 
 
 def test_rollout_and_availability(make_body: Make) -> None:
-    objs = manifests(
-        make_body(rollout={"maxSurge": "50%", "maxUnavailable": 1}, availability={"enabled": True})
-    )
+    objs = manifests(make_body(rollout={"maxSurge": "50%", "maxUnavailable": 1}, availability={"enabled": True}))
     strategy = objs["Deployment", "demo-core"]["spec"]["strategy"]
     assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "50%", "maxUnavailable": 1}}
     pdb = objs["PodDisruptionBudget", "demo-core"]["spec"]

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from avr_operator.api.crd import CRD_FILE, crd_manifest, crd_yaml, root_schema
+from avr_operator.api.schema import ALLOWED
 
 Node = dict[str, Any]
 
@@ -122,12 +123,15 @@ def test_schema_is_structural() -> None:
             assert "items" in node, path
 
 
+def test_only_keywords_kubernetes_accepts() -> None:
+    for path, node in walk(root_schema()):
+        assert set(node) <= ALLOWED, (path, set(node) - ALLOWED)
+
+
 def test_every_spec_field_is_described_for_kubectl_explain() -> None:
     spec = root_schema()["properties"]["spec"]
     missing = [
-        path
-        for path, node in walk(spec)
-        if path and not path.endswith(("[]", "{}")) and not node.get("description")
+        path for path, node in walk(spec) if path and not path.endswith(("[]", "{}")) and not node.get("description")
     ]
     assert missing == []
 

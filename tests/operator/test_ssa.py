@@ -11,9 +11,7 @@ from avr_operator.constants import ANNOTATION_SPEC_HASH
 
 def test_subset_allows_server_additions_but_not_changes() -> None:
     desired = {"spec": {"ports": [{"port": 1}], "type": "ClusterIP"}}
-    assert is_subset(
-        desired, {"spec": {"ports": [{"port": 1, "protocol": "TCP"}], "type": "ClusterIP", "x": 1}}
-    )
+    assert is_subset(desired, {"spec": {"ports": [{"port": 1, "protocol": "TCP"}], "type": "ClusterIP", "x": 1}})
     assert not is_subset(desired, {"spec": {"ports": [{"port": 2}], "type": "ClusterIP"}})
     assert not is_subset(desired, {"spec": {"ports": [{"port": 1}, {"port": 2}], "type": "ClusterIP"}})
     assert not is_subset(desired, {"spec": {"ports": [{"port": 1}]}})
@@ -56,6 +54,4 @@ def test_resource_paths() -> None:
         resource_path("avr.agentvoiceresponse.com/v1alpha1", "AVRDeployment", "ns", "x")
         == "/apis/avr.agentvoiceresponse.com/v1alpha1/namespaces/ns/avrdeployments/x"
     )
-    assert resource_path("autoscaling/v2", "HorizontalPodAutoscaler", "n", "h").endswith(
-        "horizontalpodautoscalers/h"
-    )
+    assert resource_path("autoscaling/v2", "HorizontalPodAutoscaler", "n", "h").endswith("horizontalpodautoscalers/h")

@@ -62,13 +62,9 @@ def test_a_stuck_rollout_degrades() -> None:
     stuck = deployment(
         2,
         1,
-        conditions=[
-            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "m"}
-        ],
+        conditions=[{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "m"}],
     )
-    status = compute_status(
-        generation=2, observed={"core": Observed(stuck)}, problems=[], previous=None, now="t"
-    )
+    status = compute_status(generation=2, observed={"core": Observed(stuck)}, problems=[], previous=None, now="t")
     degraded = conds(status)["Degraded"]
     assert (degraded["status"], degraded["reason"]) == ("True", "RolloutStuck")
 
@@ -97,9 +93,7 @@ def test_problems_degrade_and_transition_time_moves_only_on_status_change() -> N
 
 
 def test_invalid_spec_status_has_no_components() -> None:
-    status = compute_status(
-        generation=1, observed={}, problems=[Problem("InvalidSpec", "bad")], previous=None, now="t"
-    )
+    status = compute_status(generation=1, observed={}, problems=[Problem("InvalidSpec", "bad")], previous=None, now="t")
     assert status["components"] == {} and "replicas" not in status
     assert conds(status)["Ready"]["reason"] == "InvalidSpec"
 
