@@ -87,8 +87,8 @@ def _b64(data: str) -> bytes:
         raise MessageError(f"audio is not valid base64: {exc}") from None
 
 
-def decode(text: str | bytes) -> Event:
-    """Decode one provider → core message."""
+def _parse(text: str | bytes) -> Audio | dict[str, Any]:
+    """Both directions: the audio fast path, else a JSON object with a string ``type`` (audio decoded here)."""
     if isinstance(text, str) and text.startswith(_AUDIO_PREFIX) and text.endswith(_AUDIO_SUFFIX):
         return Audio(_b64(text[len(_AUDIO_PREFIX) : -len(_AUDIO_SUFFIX)]))
     try:
@@ -97,12 +97,20 @@ def decode(text: str | bytes) -> Event:
         raise MessageError(f"not JSON: {exc}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise MessageError("message is not an object with a string 'type'")
-    kind = msg["type"]
-    if kind == "audio":
+    if msg["type"] == "audio":
         audio = msg.get("audio")
         if not isinstance(audio, str):
             raise MessageError("audio message without a base64 'audio' string")
         return Audio(_b64(audio))
+    return msg
+
+
+def decode(text: str | bytes) -> Event:
+    """Decode one provider → core message."""
+    msg = _parse(text)
+    if isinstance(msg, Audio):
+        return msg
+    kind = msg["type"]
     if kind == "interruption":
         return Interruption()
     if kind == "transcript":
@@ -130,23 +138,14 @@ ClientMessage = Init | Audio | Dtmf | Other
 
 
 def decode_client(text: str | bytes) -> ClientMessage:
-    if isinstance(text, str) and text.startswith(_AUDIO_PREFIX) and text.endswith(_AUDIO_SUFFIX):
-        return Audio(_b64(text[len(_AUDIO_PREFIX) : -len(_AUDIO_SUFFIX)]))
-    try:
-        msg = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise MessageError(f"not JSON: {exc}") from None
-    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-        raise MessageError("message is not an object with a string 'type'")
+    """Decode one core → provider message (what the reference provider reads)."""
+    msg = _parse(text)
+    if isinstance(msg, Audio):
+        return msg
     kind = msg["type"]
     if kind == "init":
         cfg = msg.get("provider_config")
         return Init(str(msg.get("uuid", "")), cfg if isinstance(cfg, dict) else {})
-    if kind == "audio":
-        audio = msg.get("audio")
-        if not isinstance(audio, str):
-            raise MessageError("audio message without a base64 'audio' string")
-        return Audio(_b64(audio))
     if kind == "dtmf_digit":
         return Dtmf(str(msg.get("digit", "")))
     return Other(kind, msg)

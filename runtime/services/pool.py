@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import aiohttp
+import orjson
 
 from avr_runtime.services import metrics
 
 T = TypeVar("T")
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class ProviderUnavailable(ConnectionError):
@@ -100,6 +102,20 @@ class HttpPool:
         finally:
             self._slots.release()
             metrics.PROVIDER_DURATION.labels(self.name).observe(time.perf_counter() - start)
+
+    @asynccontextmanager
+    async def post_json(self, url: str, payload: object) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST JSON through the pool with retries; yields a streaming response whose status is below 400."""
+        body = orjson.dumps(payload)
+        async with self.slot():
+            resp = await with_retries(
+                self.name, self.policy, lambda: self.session.post(url, data=body, headers=_JSON_HEADERS)
+            )
+            async with resp:
+                if resp.status >= 400:
+                    metrics.PROVIDER_ERRORS.labels(self.name, f"http_{resp.status}").inc()
+                    raise ProviderUnavailable(self.name, f"HTTP {resp.status}")
+                yield resp
 
     async def close(self) -> None:
         await self.session.close()

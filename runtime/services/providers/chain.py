@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import orjson
 from yarl import URL
 
 from avr_runtime.protocol import chain
@@ -45,26 +44,16 @@ class TtsClient:
         if cached is not None:
             yield cached
             return
-        body = orjson.dumps({"text": text})
-        async with self.pool.slot():
-            resp = await with_retries(
-                "tts",
-                self.pool.policy,
-                lambda: self.pool.session.post(self.url, data=body, headers={"Content-Type": "application/json"}),
-            )
-            async with resp:
-                if resp.status >= 400:
-                    metrics.PROVIDER_ERRORS.labels("tts", f"http_{resp.status}").inc()
-                    raise ProviderUnavailable("tts", f"HTTP {resp.status}")
-                parts = []
-                carry = b""
-                async for chunk in resp.content.iter_any():
-                    parts.append(chunk)
-                    data = carry + chunk
-                    even = len(data) - len(data) % 2
-                    carry = data[even:]
-                    if even:
-                        yield data[:even]
+        async with self.pool.post_json(self.url, {"text": text}) as resp:
+            parts = []
+            carry = b""
+            async for chunk in resp.content.iter_any():
+                parts.append(chunk)
+                data = carry + chunk
+                even = len(data) - len(data) % 2
+                carry = data[even:]
+                if even:
+                    yield data[:even]
         self.cache.put(key, b"".join(parts))
 
     async def fetch(self, text: str) -> int:
@@ -190,27 +179,18 @@ class ChainSession(ProviderSession):
             del self._history[:-MAX_HISTORY]
 
     async def _sentences(self, text: str) -> AsyncIterator[str]:
-        body = orjson.dumps({"uuid": self._uuid, "message": text, "messages": self._history})
-        async with self._llm.slot():
-            resp = await with_retries(
-                "llm",
-                self._llm.policy,
-                lambda: self._llm.session.post(self._llm_url, data=body, headers={"Content-Type": "application/json"}),
-            )
-            async with resp:
-                if resp.status >= 400:
-                    metrics.PROVIDER_ERRORS.labels("llm", f"http_{resp.status}").inc()
-                    raise ProviderUnavailable("llm", f"HTTP {resp.status}")
-                chunks = chain.JsonChunkStream()
-                splitter = chain.SentenceSplitter()
-                async for raw in resp.content.iter_any():
-                    for item in chunks.feed(raw.decode("utf-8", errors="replace")):
-                        if item.type == "text":
-                            for sentence in splitter.feed(item.content):
-                                yield sentence
-                chunks.close()
-                for sentence in splitter.flush():
-                    yield sentence
+        payload = {"uuid": self._uuid, "message": text, "messages": self._history}
+        async with self._llm.post_json(self._llm_url, payload) as resp:
+            chunks = chain.JsonChunkStream()
+            splitter = chain.SentenceSplitter()
+            async for raw in resp.content.iter_any():
+                for item in chunks.feed(raw.decode("utf-8", errors="replace")):
+                    if item.type == "text":
+                        for sentence in splitter.feed(item.content):
+                            yield sentence
+            chunks.close()
+            for sentence in splitter.flush():
+                yield sentence
 
     async def close(self) -> None:
         self.interrupt()
