@@ -428,18 +428,15 @@ class PcmCall(asyncio.Protocol):
 
 
 @dataclass
-class PcmResult:
+class Costs:
+    """What every leg reports: calls, server CPU and memory, and the arrival rhythm at the client."""
+
     calls: int
     failed: int
     usage: Usage
     idle_rss: int
-    rtt_ns: npt.NDArray[np.int64]
     gaps: int
     late: int
-    lost: int
-    measured: int
-    silence: int
-    lag_p99_ms: float
 
     def us_per_frame(self) -> float:
         return self.usage.server_cpu / (self.calls * self.usage.seconds * 50) * 1e6
@@ -458,6 +455,15 @@ class PcmResult:
 
     def late_pct(self) -> float:
         return 100 * self.late / self.gaps if self.gaps else math.nan
+
+
+@dataclass
+class PcmResult(Costs):
+    rtt_ns: npt.NDArray[np.int64]
+    lost: int
+    measured: int
+    silence: int
+    lag_p99_ms: float
 
 
 async def connect_pcm(server: Server, n: int, frames: int, window: Window) -> list[PcmCall]:
@@ -497,14 +503,10 @@ async def pcm_load(server: Server, load_pids: Sequence[int], n: int, warmup: flo
     await sleep_until_ns(t0 + frames * PERIOD_NS + PERIOD_NS + int(TAIL_S * 1e9))
     for call in calls:
         call.hang_up()
-    await asyncio.wait([c.closed for c in calls if c.transport is not None] or [_done()], timeout=3)
+    closing = [c.closed for c in calls if c.transport is not None]
+    if closing:
+        await asyncio.wait(closing, timeout=3)
     return summarise_pcm(calls, usage, idle)
-
-
-def _done() -> asyncio.Future[None]:
-    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    fut.set_result(None)
-    return fut
 
 
 def summarise_pcm(calls: Sequence[PcmCall], usage: Usage, idle_rss: int) -> PcmResult:
@@ -653,39 +655,15 @@ class OpusCall:
 
 
 @dataclass
-class OpusResult:
-    calls: int
-    failed: int
-    usage: Usage
-    idle_rss: int
+class OpusResult(Costs):
     marker_ns: npt.NDArray[np.int64]
     markers_sent: int
-    gaps: int
-    late: int
     received: int
     expected: int
 
     @property
     def missing(self) -> int:
         return max(0, self.expected - self.received)
-
-    def us_per_frame(self) -> float:
-        return self.usage.server_cpu / (self.calls * self.usage.seconds * 50) * 1e6
-
-    def core_pct_per_call(self) -> float:
-        return self.usage.server_cpu / (self.calls * self.usage.seconds) * 100
-
-    def server_core_pct(self) -> float:
-        return self.usage.server_cpu / self.usage.seconds * 100
-
-    def load_core_pct(self) -> float:
-        return self.usage.load_cpu / self.usage.seconds * 100
-
-    def rss_per_call_kib(self) -> float:
-        return (self.usage.server_rss_peak - self.idle_rss) / self.calls / 1024
-
-    def late_pct(self) -> float:
-        return 100 * self.late / self.gaps if self.gaps else math.nan
 
 
 async def opus_load(server: Server, load_pids: Sequence[int], n: int, warmup: float, seconds: float) -> OpusResult:
@@ -761,26 +739,32 @@ class Bench:
     def load_pids(self) -> list[int]:
         return [os.getpid(), self.provider.pid]
 
-    def _measure(self, server: Server, load: Callable[[Server], Awaitable[T]]) -> T:
+    def _measure(self, server: Server, load: Callable[[Server, int, float, float], Awaitable[T]], n: int) -> T:
+        """One priming call first, so idle RSS includes what the first call of a leg loads once (libraries,
+        caches): RSS per call is then the marginal cost of a call."""
         try:
-            time.sleep(0.5)  # let the fresh process finish its start-up allocations before idle RSS is read
-            result = run_async(load(server))
+            run_async(load(server, 1, 0.0, 0.5))
+            time.sleep(0.5)
+            result = run_async(load(server, n, self.warmup, self.seconds))
             server.proc.check()
             return result
         finally:
             server.proc.stop()
 
+    def _pcm(self, server: Server, n: int, warmup: float, seconds: float) -> Awaitable[PcmResult]:
+        return pcm_load(server, self.load_pids, n, warmup, seconds)
+
+    def _opus(self, server: Server, n: int, warmup: float, seconds: float) -> Awaitable[OpusResult]:
+        return opus_load(server, self.load_pids, n, warmup, seconds)
+
     def pcm_worker(self, n: int) -> PcmResult:
-        server = start_worker(self.server_core, self.sts_port, self.max_calls)
-        return self._measure(server, lambda s: pcm_load(s, self.load_pids, n, self.warmup, self.seconds))
+        return self._measure(start_worker(self.server_core, self.sts_port, self.max_calls), self._pcm, n)
 
     def pcm_floor(self, n: int) -> PcmResult:
-        server = start_floor(self.server_core)
-        return self._measure(server, lambda s: pcm_load(s, self.load_pids, n, self.warmup, self.seconds))
+        return self._measure(start_floor(self.server_core), self._pcm, n)
 
     def opus_worker(self, n: int) -> OpusResult:
-        server = start_worker(self.server_core, self.sts_port, self.max_calls)
-        return self._measure(server, lambda s: opus_load(s, self.load_pids, n, self.warmup, self.seconds))
+        return self._measure(start_worker(self.server_core, self.sts_port, self.max_calls), self._opus, n)
 
 
 def choose_cores() -> tuple[int | None, int | None]:
