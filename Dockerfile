@@ -19,8 +19,7 @@ COPY cluster/ cluster/
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
     && /opt/venv/bin/pip install /wheels/*.whl \
-    && /opt/venv/bin/pip uninstall --yes pip setuptools wheel \
-    && find /opt/venv -name '__pycache__' -type d -prune -exec rm -rf {} +
+    && /opt/venv/bin/pip uninstall --yes pip setuptools wheel
 
 # --- base: the interpreter and the virtual environment, nothing to build with ---------------------------
 FROM ${PYTHON_IMAGE} AS base
