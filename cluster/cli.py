@@ -22,9 +22,13 @@ def _build(_: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    # Ctrl-C must stop the cluster even when started from a context that ignores SIGINT (e.g. `cmd &`).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         cluster = DevCluster(args.bin_dir, nodes=args.nodes)
         with cluster:
+            assert cluster.run_dir is not None
+            (cluster.run_dir / rundir.SERVING_MARKER).touch()
             print(_exports(cluster.env()), flush=True)
             print("# cluster is up; Ctrl-C stops it and removes its files", file=sys.stderr, flush=True)
             signal.pause()  # until SIGINT (KeyboardInterrupt) or SIGTERM/SIGHUP (SystemExit) unwinds
@@ -45,7 +49,7 @@ def _env(_: argparse.Namespace) -> int:
         env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     except binaries.MissingBinariesError as error:
         print(f"# {error}", file=sys.stderr)
-    running = [path / "admin.kubeconfig" for path in rundir.live()]
+    running = [path / "admin.kubeconfig" for path in rundir.serving()]
     running = [path for path in running if path.exists()]
     if running:
         env["KUBECONFIG"] = str(running[0])

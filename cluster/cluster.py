@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import ssl
+import sys
 import threading
 import types
 import urllib.request
@@ -24,7 +25,7 @@ from typing import Any, Self
 
 from . import audit, binaries, certs, components, kubeconfig, metrics_adapter, rundir
 from .api import ApiClient
-from .processes import ComponentExitedError, Supervisor, free_port, tail, wait_for
+from .processes import ComponentExitedError, Supervisor, excerpt, free_port, wait_for
 
 KEEP_ENV = "AVR_CLUSTER_KEEP"  # set to 1 to keep the run directory (logs, audit log) for debugging
 NODE_LABELS = {"type": "kwok"}
@@ -170,15 +171,19 @@ class DevCluster:
                     with contextlib.suppress(Exception):
                         self._unregister_metrics_api()
                 supervisor.stop_all()
-            if self.run_dir is not None and os.environ.get(KEEP_ENV) != "1":
-                shutil.rmtree(self.run_dir, ignore_errors=True)
+            if self.run_dir is not None:
+                if os.environ.get(KEEP_ENV) == "1":
+                    (self.run_dir / rundir.KEPT_MARKER).touch()
+                    print(f"avr-devcluster: kept {self.run_dir} ({KEEP_ENV}=1)", file=sys.stderr)
+                else:
+                    shutil.rmtree(self.run_dir, ignore_errors=True)
                 self.run_dir = None
             atexit.unregister(self.stop)
 
     def _logs_report(self) -> str:
         if self._layout is None or not self._layout.logs.is_dir():
             return ""
-        parts = [f"--- {log.name} (last lines) ---\n{tail(log)}" for log in sorted(self._layout.logs.glob("*.log"))]
+        parts = [f"--- {log.name} ---\n{excerpt(log)}" for log in sorted(self._layout.logs.glob("*.log"))]
         return "\n".join(parts)
 
 

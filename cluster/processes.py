@@ -7,10 +7,13 @@ SIGKILL for whatever is left after a grace period.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,13 +28,27 @@ def free_port() -> int:
         return port
 
 
-def tail(path: Path, lines: int = 30) -> str:
-    """The last lines of a log file, or a note that it is missing."""
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: have the kernel SIGKILL it when its parent dies, even by SIGKILL.
+
+    Without this, a test run killed hard would leave etcd and the API server running.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def excerpt(path: Path, head: int = 5, tail: int = 25) -> str:
+    """The first and last lines of a log file: a usage error shows at the top, a crash at the bottom."""
     try:
-        text = path.read_text(errors="replace")
+        lines = path.read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return f"({path.name} was not written)"
-    return "\n".join(text.splitlines()[-lines:])
+    if len(lines) <= head + tail:
+        return "\n".join(lines)
+    return "\n".join([*lines[:head], f"[... {len(lines) - head - tail} lines ...]", *lines[-tail:]])
 
 
 @dataclass
@@ -72,6 +89,8 @@ class Supervisor:
 
     def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Process:
         log_path = self.log_dir / f"{name}.log"
+        # The death signal follows the thread that forks, so only tie children to the main thread.
+        tie = sys.platform == "linux" and threading.current_thread() is threading.main_thread()
         with log_path.open("ab") as log:
             popen = subprocess.Popen(
                 list(argv),
@@ -80,6 +99,7 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
                 env=dict(env) if env is not None else None,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if tie else None,  # noqa: PLW1509 - only calls prctl
             )
         process = Process(name, popen, log_path)
         self.processes.append(process)
@@ -105,8 +125,8 @@ class ComponentExitedError(RuntimeError):
     def __init__(self, process: Process) -> None:
         self.process = process
         super().__init__(
-            f"{process.name} exited with status {process.popen.returncode}; end of {process.log_path.name}:\n"
-            + tail(process.log_path)
+            f"{process.name} exited with status {process.popen.returncode}; {process.log_path.name}:\n"
+            + excerpt(process.log_path)
         )
 
 

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 
 PREFIX = "avr-devcluster-"
+KEPT_MARKER = "kept"  # a run directory kept on purpose (for debugging) is never swept
+SERVING_MARKER = "serving"  # a cluster started by `avr-devcluster up` for others to use
 
 
 def root() -> Path:
@@ -42,12 +44,18 @@ def create() -> Path:
     base = root()
     for path in base.glob(PREFIX + "*"):
         pid = _owner(path)
-        if pid is not None and not _alive(pid) and path.stat().st_uid == os.getuid():
+        if pid is None or _alive(pid) or (path / KEPT_MARKER).exists():
+            continue
+        if path.stat().st_uid == os.getuid():
             shutil.rmtree(path, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base))
 
 
-def live() -> list[Path]:
-    """Run directories of running clusters, newest first."""
-    paths = [p for p in root().glob(PREFIX + "*") if (pid := _owner(p)) is not None and _alive(pid)]
+def serving() -> list[Path]:
+    """Run directories of clusters that `avr-devcluster up` is serving, newest first."""
+    paths = [
+        p
+        for p in root().glob(PREFIX + "*")
+        if (p / SERVING_MARKER).exists() and (pid := _owner(p)) is not None and _alive(pid)
+    ]
     return sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True)
