@@ -68,7 +68,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     kube_ldflags+=" -X $pkg.buildDate=$KUBE_BUILD_DATE"
 done
 
-export CGO_ENABLED=0 GOFLAGS=-mod=readonly
+export CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
 (
     cd "$here/gomod"
     log "kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, metrics-adapter"

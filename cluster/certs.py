@@ -121,7 +121,7 @@ class Authority:
 
 @dataclass(frozen=True)
 class Pki:
-    """Every certificate and key file one cluster run needs."""
+    """Every certificate and key file one cluster run needs, at fixed names in one directory."""
 
     ca: Path
     front_proxy_ca: Path
@@ -132,6 +132,23 @@ class Pki:
     scheduler: CertFiles
     service_account_key: Path  # private: signs tokens in the controller-manager and API server
     service_account_pub: Path  # public: verifies them
+
+    @classmethod
+    def at(cls, directory: Path) -> Pki:
+        def pair(name: str) -> CertFiles:
+            return CertFiles(directory / f"{name}.crt", directory / f"{name}.key")
+
+        return cls(
+            ca=directory / "ca.crt",
+            front_proxy_ca=directory / "front-proxy-ca.crt",
+            apiserver=pair("apiserver"),
+            front_proxy_client=pair("front-proxy-client"),
+            admin=pair("admin"),
+            controller_manager=pair("controller-manager"),
+            scheduler=pair("scheduler"),
+            service_account_key=directory / "sa.key",
+            service_account_pub=directory / "sa.pub",
+        )
 
 
 # The names a client may use for the API server: loopback, and what in-cluster clients would use.
@@ -148,33 +165,30 @@ APISERVER_HOSTS = (
 def generate(directory: Path, *, service_ip: str) -> Pki:
     """Write a fresh PKI into `directory` (private keys mode 0600)."""
     directory.mkdir(parents=True, exist_ok=True)
+    pki = Pki.at(directory)
 
-    def write(name: str, data: bytes, private: bool = False) -> Path:
-        path = directory / name
+    def write(path: Path, data: bytes, private: bool = False) -> None:
         path.write_bytes(data)
         if private:
             path.chmod(0o600)
-        return path
 
-    def pair(name: str, cert_and_key: tuple[bytes, bytes]) -> CertFiles:
-        return CertFiles(write(f"{name}.crt", cert_and_key[0]), write(f"{name}.key", cert_and_key[1], True))
+    def pair(files: CertFiles, cert_and_key: tuple[bytes, bytes]) -> None:
+        write(files.cert, cert_and_key[0])
+        write(files.key, cert_and_key[1], private=True)
 
     ca = Authority("avr-devcluster-ca")
     front_proxy = Authority("avr-devcluster-front-proxy-ca")
+    write(pki.ca, ca.cert_pem)
+    write(pki.front_proxy_ca, front_proxy.cert_pem)
+    pair(pki.apiserver, ca.issue("kube-apiserver", hosts=(*APISERVER_HOSTS, service_ip), server=True))
+    pair(pki.front_proxy_client, front_proxy.issue("front-proxy-client"))
+    pair(pki.admin, ca.issue("avr-devcluster-admin", organizations=("system:masters",)))
+    pair(pki.controller_manager, ca.issue("system:kube-controller-manager"))
+    pair(pki.scheduler, ca.issue("system:kube-scheduler"))
     sa_key = _new_key()
-    return Pki(
-        ca=write("ca.crt", ca.cert_pem),
-        front_proxy_ca=write("front-proxy-ca.crt", front_proxy.cert_pem),
-        apiserver=pair("apiserver", ca.issue("kube-apiserver", hosts=(*APISERVER_HOSTS, service_ip), server=True)),
-        front_proxy_client=pair("front-proxy-client", front_proxy.issue("front-proxy-client")),
-        admin=pair("admin", ca.issue("avr-devcluster-admin", organizations=("system:masters",))),
-        controller_manager=pair("controller-manager", ca.issue("system:kube-controller-manager")),
-        scheduler=pair("scheduler", ca.issue("system:kube-scheduler")),
-        service_account_key=write("sa.key", _key_pem(sa_key), private=True),
-        service_account_pub=write(
-            "sa.pub",
-            sa_key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            ),
-        ),
+    write(pki.service_account_key, _key_pem(sa_key), private=True)
+    public = sa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    write(pki.service_account_pub, public)
+    return pki

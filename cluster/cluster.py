@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -27,6 +29,7 @@ from . import audit, binaries, certs, components, kubeconfig, metrics_adapter, r
 from .api import ApiClient
 from .processes import ComponentExitedError, Supervisor, excerpt, free_port, wait_for
 
+STATE_FILE = "state.json"  # what another process needs to attach: ports and binaries
 KEEP_ENV = "AVR_CLUSTER_KEEP"  # set to 1 to keep the run directory (logs, audit log) for debugging
 NODE_LABELS = {"type": "kwok"}
 
@@ -44,6 +47,16 @@ class DevCluster:
         self._layout: components.Layout | None = None
         self._supervisor: Supervisor | None = None
         self._stopping = threading.Lock()
+
+    @classmethod
+    def attach(cls, run_dir: Path) -> DevCluster:
+        """A handle on a cluster that another process runs (`avr-devcluster up`): usable, never stopped here."""
+        state = json.loads((run_dir / STATE_FILE).read_text())
+        cluster = cls(state["bin_dir"], nodes=state["nodes"])
+        pki = certs.Pki.at(run_dir / "pki")
+        ports = components.Ports(**state["ports"])
+        cluster._layout = components.Layout(cluster.bin_dir, run_dir, pki, ports)
+        return cluster
 
     # -- what tests use ---
 
@@ -112,6 +125,8 @@ class DevCluster:
         ports = components.Ports(*(free_port() for _ in range(5)))
         pki = certs.generate(run_dir / "pki", service_ip=components.SERVICE_IP)
         layout = self._layout = components.Layout(self.bin_dir, run_dir, pki, ports)
+        state = {"bin_dir": str(self.bin_dir), "nodes": self.node_count, "ports": dataclasses.asdict(ports)}
+        (run_dir / STATE_FILE).write_text(json.dumps(state))
         layout.logs.mkdir()
         layout.audit_policy.write_text(audit.POLICY)
         for user, identity in (

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from .binaries import MissingBinariesError
-from .cluster import DevCluster
+from .cluster import STATE_FILE, DevCluster
 
 EXISTING_ENV = "USE_EXISTING_CLUSTER"
 
@@ -41,8 +41,10 @@ def in_ci() -> bool:
 def cluster_session() -> Iterator[ClusterUnderTest]:
     """Body of a session-scoped fixture: yields the cluster, and tears down what it started."""
     if os.environ.get(EXISTING_ENV) == "1":
-        kubeconfig = os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]
-        yield ClusterUnderTest(Path(kubeconfig).expanduser(), None)
+        kubeconfig = Path(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]).expanduser()
+        # A cluster of `avr-devcluster up` keeps its extras usable from here.
+        served = kubeconfig.parent / STATE_FILE
+        yield ClusterUnderTest(kubeconfig, DevCluster.attach(kubeconfig.parent) if served.exists() else None)
         return
     try:
         local = DevCluster()

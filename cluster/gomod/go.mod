@@ -1,4 +1,4 @@
-// Wrapper module that pins the Kubernetes control-plane commands and etcd to one release.
+// Wrapper module that pins the Kubernetes control-plane commands, etcd and our metrics adapter to one release.
 // The staging modules are redirected from kubernetes' local folders to their published versions.
 module github.com/avr-k8s/avr-k8s/cluster/gomod
 
