@@ -114,15 +114,19 @@ class DevCluster:
         _stop_on_termination_signals()
         try:
             self._start(self.run_dir)
-        except BaseException as error:
-            report = self._logs_report() if not isinstance(error, KeyboardInterrupt) else ""
+        except Exception as error:
+            report = self._logs_report()
             self.stop()
-            if isinstance(error, Exception):
-                raise StartupError(f"{error}\n{report}") from error
+            raise StartupError(f"{error}\n{report}") from error
+        except BaseException:  # Ctrl-C or SystemExit while starting
+            self.stop()
             raise
 
     def _start(self, run_dir: Path) -> None:
-        ports = components.Ports(*(free_port() for _ in range(5)))
+        picked: set[int] = set()
+        while len(picked) < len(dataclasses.fields(components.Ports)):
+            picked.add(free_port())
+        ports = components.Ports(*picked)
         pki = certs.generate(run_dir / "pki", service_ip=components.SERVICE_IP)
         layout = self._layout = components.Layout(self.bin_dir, run_dir, pki, ports)
         state = {"bin_dir": str(self.bin_dir), "nodes": self.node_count, "ports": dataclasses.asdict(ports)}
