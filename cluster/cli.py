@@ -1,4 +1,4 @@
-"""`avr-devcluster`: build the binaries, run a cluster in the foreground, or print its environment."""
+"""`avr-devcluster`: build the binaries, run a cluster in the foreground, print its environment, or run the demo."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import os
 import shlex
 import signal
 import sys
+from pathlib import Path
 
-from . import binaries, rundir
+from . import binaries, demo, rundir
 from .cluster import DevCluster, StartupError
 
 
@@ -60,6 +61,13 @@ def _env(_: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    options = demo.DemoOptions(example=args.example, text=args.text, ready_timeout=args.ready_timeout)
+    if args.bin_dir:
+        options.bin_dir = Path(args.bin_dir)
+    return demo.main(options)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="avr-devcluster", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -68,8 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--bin-dir", help=f"binaries (default: ${binaries.BIN_ENV} or the build cache)")
     up.add_argument("--nodes", type=int, default=3, help="number of fake kwok nodes (default 3)")
     commands.add_parser("env", help="print shell exports: PATH with the binaries, KUBECONFIG of a running `up`")
+    run_demo = commands.add_parser(
+        "demo", help="cluster, operator, an example AVRDeployment until Ready, a sample call, teardown"
+    )
+    run_demo.add_argument("--bin-dir", help=f"binaries (default: ${binaries.BIN_ENV} or build/reuse them)")
+    run_demo.add_argument(
+        "--example", type=Path, default=demo.DEFAULT_EXAMPLE, help="the AVRDeployment to apply (default: %(default)s)"
+    )
+    run_demo.add_argument("--text", default=demo.DemoOptions.text, help="what the caller says")
+    run_demo.add_argument(
+        "--ready-timeout", type=float, default=120.0, help="seconds to wait for Ready (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
-    handler = {"build": _build, "up": _up, "env": _env}[args.command]
+    handler = {"build": _build, "up": _up, "env": _env, "demo": _demo}[args.command]
     return handler(args)
 
 
