@@ -374,8 +374,7 @@ class _Demo:
         wait_for(f"AVRDeployment {name} to be Ready", ready, self.options.ready_timeout, interval=0.5)
         progress.done(f"Ready: {condition(api.get(path), 'Ready').get('message', '')}")
         progress.note("waiting for the autoscalers' minimum replicas and minReadySeconds (pods Available)")
-        if target.owned:
-            self._set_queue_metric()
+        self._set_queue_metric()
 
         def settled() -> bool:
             _alive(operator)
@@ -384,17 +383,15 @@ class _Demo:
             query = f"namespaces/{namespace}/{{}}?labelSelector=app.kubernetes.io/instance={name}"
             deployments = api.get("/apis/apps/v1/" + query.format("deployments"))
             hpas = api.get("/apis/autoscaling/v2/" + query.format("horizontalpodautoscalers"))
-            if target.owned:
-                self._set_queue_metric()  # for pods the autoscaler added
+            self._set_queue_metric()  # for pods the autoscaler added
             return stack_settled(deployments["items"], hpas["items"])
 
         wait_for(f"AVRDeployment {name} to settle", settled, self.options.ready_timeout, interval=0.5)
         progress.done("every replica Available, autoscalers at their minimum")
         progress.say(f"$ kubectl -n {namespace} get avrd,deploy,hpa,pdb,svc")
         progress.show(target.kubectl("-n", namespace, "get", "avrd,deploy,hpa,pdb,svc"))
-        if target.owned:
-            progress.note("HPA targets: avr_queue_length set to 1 per core pod through the local metrics adapter;")
-            progress.note("cpu stays <unknown> (no resource metrics API here); the LoadBalancer has no controller")
+        progress.note("HPA targets: avr_queue_length set to 1 per core pod through the local metrics adapter;")
+        progress.note("cpu stays <unknown> (no resource metrics API here); the LoadBalancer has no controller")
         nodes = target.kubectl("-n", namespace, "get", "pods", "-o", "jsonpath={.items[*].spec.nodeName}").split()
         progress.note(f"{len(nodes)} pods Running on the fake nodes {', '.join(sorted(set(nodes)))}, no containers")
         progress.note("operator: " + "; ".join(_operator_counts(metrics_port)))
