@@ -90,6 +90,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def run_queue_wait(pid: int) -> float:
+    """Seconds the process's threads were runnable but waiting for a CPU (/proc/<pid>/task/*/schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES
 
@@ -248,6 +257,7 @@ class Usage:
     server_cpu: float
     server_rss_peak: int
     load_cpu: float  # this process (the load generator) plus the provider, on the other core
+    server_wait: float  # runnable but not running: other work on the server's core
 
 
 async def sleep_until_ns(t: int) -> None:
@@ -260,12 +270,13 @@ async def measure_usage(server_pid: int, load_pids: Sequence[int], window: Windo
     """Read /proc at the window's edges; RSS every half second in between."""
     await sleep_until_ns(window.start)
     t0, s0, l0 = time.monotonic(), cpu_seconds(server_pid), sum(cpu_seconds(p) for p in load_pids)
+    w0 = run_queue_wait(server_pid)
     peak = rss_bytes(server_pid)
     while (left := (window.end - time.monotonic_ns()) / 1e9) > 0:
         await asyncio.sleep(min(0.5, left))
         peak = max(peak, rss_bytes(server_pid))
     s1, l1 = cpu_seconds(server_pid), sum(cpu_seconds(p) for p in load_pids)
-    return Usage(time.monotonic() - t0, s1 - s0, peak, l1 - l0)
+    return Usage(time.monotonic() - t0, s1 - s0, peak, l1 - l0, run_queue_wait(server_pid) - w0)
 
 
 def run_async(main: Awaitable[T]) -> T:
@@ -446,6 +457,9 @@ class Costs:
 
     def server_core_pct(self) -> float:
         return self.usage.server_cpu / self.usage.seconds * 100
+
+    def wait_pct(self) -> float:
+        return self.usage.server_wait / self.usage.seconds * 100
 
     def load_core_pct(self) -> float:
         return self.usage.load_cpu / self.usage.seconds * 100
@@ -862,6 +876,7 @@ def pcm_cpu_table(rows: Sequence[tuple[int, PcmResult, PcmResult]]) -> str:
         "CPU/call worker÷floor",
         "worker RSS/call KiB",
         "load core % (w / f)",
+        "server waited % (w / f)",
     )
     body = [
         (
@@ -876,6 +891,7 @@ def pcm_cpu_table(rows: Sequence[tuple[int, PcmResult, PcmResult]]) -> str:
             f"{w.us_per_frame() / f.us_per_frame():.1f}" if f.us_per_frame() else "n/a",
             f"{w.rss_per_call_kib():.0f}",
             f"{w.load_core_pct():.0f} / {f.load_core_pct():.0f}",
+            f"{w.wait_pct():.1f} / {f.wait_pct():.1f}",
         )
         for n, w, f in rows
     ]
@@ -923,6 +939,7 @@ def opus_table(rows: Sequence[tuple[int, OpusResult]]) -> str:
         "marker RTT p50 / p99 / max ms",
         "markers timed / sent",
         "load core %",
+        "server waited %",
     )
     body = [
         (
@@ -938,6 +955,7 @@ def opus_table(rows: Sequence[tuple[int, OpusResult]]) -> str:
             triple(r.marker_ns),
             f"{len(r.marker_ns)} / {r.markers_sent}",
             f"{r.load_core_pct():.0f}",
+            f"{r.wait_pct():.1f}",
         )
         for n, r in rows
     ]
