@@ -29,6 +29,8 @@ class FakeCluster:
         self.writes: list[tuple[str, str, str]] = []  # (verb, kind, name)
         self.dry_runs = 0
         self.reject_kinds: set[str] = set()
+        # Objects whose apply is refused until a merge patch replaced them (a list entry of another manager).
+        self.clashing: set[Key] = set()
 
     # --- test helpers -----------------------------------------------------------------------------------
     def add(self, obj: Obj) -> Obj:
@@ -67,6 +69,8 @@ class FakeCluster:
     async def apply(self, manifest: Obj, *, field_manager: str, dry_run: bool = False) -> Obj:
         if manifest["kind"] in self.reject_kinds:
             raise ApiError(422, f"{manifest['kind']} is invalid: admission refused it")
+        if key_of(manifest) in self.clashing:
+            raise ApiError(422, f"{manifest['kind']} is invalid: spec.ports[2].name: Duplicate value")
         live = self.objects.get(key_of(manifest))
         new = copy.deepcopy(manifest)
         entry: Obj = {"manager": field_manager, "operation": "Apply", "fieldsV1": {"f:spec": {}}}
@@ -101,6 +105,20 @@ class FakeCluster:
             self.objects[key_of(new)] = new
             self.writes.append(("apply", new["kind"], new["metadata"]["name"]))
         return copy.deepcopy(new)
+
+    async def merge_patch(self, manifest: Obj, *, field_manager: str, dry_run: bool = False) -> Obj:
+        if manifest["kind"] in self.reject_kinds:
+            raise ApiError(422, f"{manifest['kind']} is invalid: admission refused it")
+        live = self.objects[key_of(manifest)]
+        patched = _merge(live, {k: v for k, v in manifest.items() if k != "metadata"})
+        patched["metadata"] = _merge(live["metadata"], manifest["metadata"])
+        if dry_run:
+            self.dry_runs += 1
+        else:
+            self.objects[key_of(manifest)] = patched
+            self.clashing.discard(key_of(manifest))
+            self.writes.append(("merge-patch", manifest["kind"], manifest["metadata"]["name"]))
+        return copy.deepcopy(patched)
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str) -> None:
         obj = self.objects.get((api_version, kind, namespace, name))

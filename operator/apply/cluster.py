@@ -30,6 +30,9 @@ class Cluster(Protocol):
     async def apply(self, manifest: Obj, *, field_manager: str, dry_run: bool = False) -> Obj:
         """Server-side apply with force (the operator is the authority on the fields it sets)."""
 
+    async def merge_patch(self, manifest: Obj, *, field_manager: str, dry_run: bool = False) -> Obj:
+        """JSON merge patch of the object `manifest` names, with `manifest` (lists are replaced whole)."""
+
     async def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str) -> None:
         """Delete, only if the object still has this uid."""
 

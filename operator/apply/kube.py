@@ -104,6 +104,14 @@ class KubeCluster:
         path = resource_path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
         return await self._request("PATCH", path, query, manifest, "application/apply-patch+yaml")
 
+    async def merge_patch(self, manifest: Obj, *, field_manager: str, dry_run: bool = False) -> Obj:
+        meta = manifest["metadata"]
+        query = [("fieldManager", field_manager)]
+        if dry_run:
+            query.append(("dryRun", "All"))
+        path = resource_path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        return await self._request("PATCH", path, query, manifest, "application/merge-patch+json")
+
     async def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str) -> None:
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}}
         with contextlib.suppress(NotFoundError):

@@ -10,15 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from avr_operator import metrics
-from avr_operator.apply.cluster import Cluster, Obj
+from avr_operator.apply.cluster import ApiError, Cluster, Obj
 from avr_operator.constants import ANNOTATION_SPEC_HASH, API_VERSION, FIELD_MANAGER, KIND
 
 # Field manager used once to keep spec.replicas when the HPA takes over (see `needs_handover`).
 HANDOVER_MANAGER = f"{FIELD_MANAGER}-handover"
+# Field manager of the merge patch that replaces lists a hand edit made unappliable (see `plan`).
+REPAIR_MANAGER = f"{FIELD_MANAGER}-repair"
 _VOLATILE_META = ("managedFields", "resourceVersion")
 
 
@@ -70,6 +72,7 @@ class Plan:
 
     writes: list[Obj]
     handovers: list[Obj]
+    repairs: list[Obj] = field(default_factory=list)
 
 
 async def plan(cluster: Cluster, manifests: Iterable[Obj]) -> Plan:
@@ -81,9 +84,19 @@ async def plan(cluster: Cluster, manifests: Iterable[Obj]) -> Plan:
         live = await cluster.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
         if live is not None and is_subset(desired, live):
             continue
-        preview = await cluster.apply(desired, field_manager=FIELD_MANAGER, dry_run=True)
-        if live is not None and _comparable(preview) == _comparable(live):
-            continue
+        try:
+            preview = await cluster.apply(desired, field_manager=FIELD_MANAGER, dry_run=True)
+        except ApiError as exc:
+            if live is None or exc.status != 422:
+                raise
+            # A list entry another manager owns can clash with ours, and applying never removes it: a Service
+            # port changed by hand is a new entry whose name duplicates ours. A merge patch replaces such lists
+            # whole; the apply then succeeds. Refused too: the manifest itself is invalid (raises).
+            await cluster.merge_patch(desired, field_manager=REPAIR_MANAGER, dry_run=True)
+            result.repairs.append(desired)
+        else:
+            if live is not None and _comparable(preview) == _comparable(live):
+                continue
         result.writes.append(desired)
         if needs_handover(desired, live):
             assert live is not None
@@ -102,10 +115,13 @@ async def execute(cluster: Cluster, todo: Plan) -> int:
         }
         await cluster.apply(keep, field_manager=HANDOVER_MANAGER)
         metrics.WRITES.labels(live["kind"], "handover").inc()
+    for desired in todo.repairs:
+        await cluster.merge_patch(desired, field_manager=REPAIR_MANAGER)
+        metrics.WRITES.labels(desired["kind"], "apply").inc()
     for desired in todo.writes:
         await cluster.apply(desired, field_manager=FIELD_MANAGER)
         metrics.WRITES.labels(desired["kind"], "apply").inc()
-    return len(todo.writes) + len(todo.handovers)
+    return len(todo.writes) + len(todo.handovers) + len(todo.repairs)
 
 
 def _owned_by(obj: Obj, uid: str) -> bool:

@@ -59,6 +59,8 @@ def _health(obs: Observed) -> Health:
             h.stuck = f"cannot create pods: {cond.get('message', '')}".strip()
     if obs.autoscaler is not None:
         h.autoscaler = _autoscaler(obs.autoscaler)
+        # A new Deployment starts with 1 pod until the HPA first raises it to its minimum: not ready before.
+        h.desired = max(h.desired, int((obs.autoscaler.get("spec") or {}).get("minReplicas", 1)))
     return h
 
 

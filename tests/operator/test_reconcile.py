@@ -123,6 +123,34 @@ async def test_a_hand_edit_is_reverted() -> None:
     assert dep is not None and dep["spec"]["template"]["spec"]["containers"][0]["image"] == "avr-runtime:test"
 
 
+async def test_a_hand_edit_that_blocks_applying_is_repaired() -> None:
+    """A Service port changed by hand leaves an entry of another manager that makes our apply invalid."""
+    cluster = cluster_with()
+    await run(cluster)
+    service = cluster.find("Service", "demo-core")
+    assert service is not None
+    wanted = copy.deepcopy(service["spec"]["ports"])
+    service["spec"]["ports"][1]["port"] = 3999
+    cluster.clashing.add(("v1", "Service", "calls", "demo-core"))
+    cluster.reset_writes()
+    await run(cluster)
+    assert cluster.writes[:2] == [("merge-patch", "Service", "demo-core"), ("apply", "Service", "demo-core")]
+    repaired = cluster.find("Service", "demo-core")
+    assert repaired is not None and repaired["spec"]["ports"] == wanted
+    assert condition(cluster, "Degraded")["status"] == "False"
+
+
+async def test_a_refused_manifest_is_not_repaired_by_a_patch() -> None:
+    cluster = cluster_with()
+    await run(cluster)
+    cluster.reject_kinds.add("Service")
+    set_spec(cluster, service={"type": "NodePort"})
+    cluster.reset_writes()
+    await run(cluster)
+    assert [w for w in cluster.writes if w[0] != "status"] == []
+    assert condition(cluster, "Degraded")["reason"] == "Rejected"
+
+
 async def test_missing_secret_degrades_without_writing_anything() -> None:
     cluster = cluster_with(secret=False)
     result = await run(cluster)

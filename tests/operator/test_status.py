@@ -122,6 +122,19 @@ def test_autoscaler_metrics_are_reported() -> None:
     }
 
 
+def test_autoscaled_component_is_not_ready_below_the_autoscaler_minimum() -> None:
+    hpa = {"spec": {"minReplicas": 3, "maxReplicas": 6}}
+    status = compute_status(
+        generation=1, observed={"core": Observed(deployment(1, 1), hpa)}, problems=[], previous=None, now="t"
+    )
+    assert conds(status)["Ready"]["status"] == "False" and "core 1/3" in conds(status)["Ready"]["message"]
+    assert status["replicas"] == "1/3" and status["components"]["core"]["desiredReplicas"] == 3
+    status = compute_status(
+        generation=1, observed={"core": Observed(deployment(3, 3), hpa)}, problems=[], previous=None, now="t"
+    )
+    assert conds(status)["Ready"]["status"] == "True" and status["replicas"] == "3/3"
+
+
 def test_merge_diff() -> None:
     old = {"a": 1, "b": {"c": 1, "d": 2}, "gone": True, "list": [1]}
     new = {"a": 1, "b": {"c": 1, "e": 3}, "list": [2]}
