@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,7 +78,7 @@ def own_operator(
     api_client: client.ApiClient,
     crd: None,
     namespace: str,
-    tmp_path: Any,
+    tmp_path: Path,
 ) -> Iterator[OperatorEnv]:
     """A fresh namespace with an operator subprocess of its own (for tests that kill it)."""
     yield from operator_env(api_client, cluster, namespace, tmp_path)

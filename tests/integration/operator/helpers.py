@@ -106,13 +106,19 @@ def is_ready(obj: Obj) -> bool:
 
 
 def wait_ready(api: client.ApiClient, namespace: str, name: str, timeout: float = 90) -> Obj:
-    def ready() -> Obj | None:
-        obj = get(api, namespace, name)
-        return obj if is_ready(obj) else None
+    """The AVRDeployment once Ready for its current generation; on timeout, the error shows its last status."""
+    last: Obj = {}
 
-    found = eventually(ready, timeout=timeout, what=f"{namespace}/{name} to be Ready")
+    def ready() -> Obj | None:
+        last.update(get(api, namespace, name))
+        return last if is_ready(last) else None
+
+    try:
+        found = eventually(ready, timeout=timeout, what=f"{namespace}/{name} to be Ready")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; its status: {last.get('status')}") from None
     assert found is not None
-    return found
+    return dict(found)
 
 
 # --- children -------------------------------------------------------------------------------------------
