@@ -27,7 +27,6 @@ def deployment(owner: AVRDeployment, c: Component) -> Manifest:
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(owner, c.role)},
         "revisionHistoryLimit": 5,
-        "minReadySeconds": rollout.min_ready_seconds,
         "progressDeadlineSeconds": 600,
         "strategy": {
             "type": "RollingUpdate",
@@ -35,6 +34,9 @@ def deployment(owner: AVRDeployment, c: Component) -> Manifest:
         },
         "template": pod_template(owner, c),
     }
+    if rollout.min_ready_seconds:
+        # The API server omits a zero minReadySeconds: sending 0 would make every no-op reconcile inconclusive.
+        spec["minReadySeconds"] = rollout.min_ready_seconds
     if c.autoscaling is None:
         spec = {"replicas": c.replicas, **spec}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata(owner, c.role), "spec": spec}

@@ -245,3 +245,10 @@ def test_core_service_follows_the_spec(make_body: Make) -> None:
 def test_render_is_deterministic(make_body: Make) -> None:
     body = make_body(autoscaling={"enabled": True})
     assert render(AVRDeployment.from_body(body)) == render(AVRDeployment.from_body(body))
+
+
+def test_zero_min_ready_seconds_is_left_out(make_body: Make) -> None:
+    """The API server drops a zero minReadySeconds; sending it would make every no-op reconcile dry-run."""
+    assert manifests(make_body())["Deployment", "demo-core"]["spec"]["minReadySeconds"] == 10
+    deployment = manifests(make_body(rollout={"minReadySeconds": 0}))["Deployment", "demo-core"]
+    assert "minReadySeconds" not in deployment["spec"]
