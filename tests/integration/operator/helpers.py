@@ -5,6 +5,7 @@ operator as a subprocess with its own service account (so the audit log tells it
 from __future__ import annotations
 
 import copy
+import ctypes
 import os
 import re
 import signal
@@ -278,6 +279,12 @@ def remove_cluster_rbac(api: client.ApiClient, namespace: str) -> None:
     rbac.delete_cluster_role(f"{OPERATOR_ACCOUNT}-{namespace}")
 
 
+def _killed_with_parent() -> None:
+    """Runs in the child before exec: the kernel SIGKILLs the operator if the test process dies outright."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def _operator_command() -> list[str]:
     script = Path(sys.executable).parent / "avr-operator"
     return [str(script)] if script.exists() else [sys.executable, "-P", "-m", "avr_operator.cli"]
@@ -313,7 +320,14 @@ class OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONSAFEPATH": "1"}
         with self.log_path.open("ab") as log:
             log.write(f"--- {' '.join(argv)}\n".encode())
-            self.popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd="/")
+            self.popen = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd="/",
+                preexec_fn=_killed_with_parent,  # noqa: PLW1509 - only calls prctl
+            )
         eventually(self._serving, timeout=30, what="the operator's metrics endpoint")
 
     def _serving(self) -> bool:

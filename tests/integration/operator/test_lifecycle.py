@@ -176,6 +176,9 @@ def test_example_is_deployed_and_becomes_ready(stack: OperatorEnv, path: Path) -
     # Ready, and the printer columns say so.
     core_replicas = spec.autoscaling.min_replicas if autoscaled["core"] else spec.core.replicas
     assert owner["status"]["replicas"] == f"{core_replicas}/{core_replicas}"
+    table = kubectl(stack.cluster, "get", "avrd", name, "-n", ns).splitlines()
+    assert table[0].split() == ["NAME", "READY", "REPLICAS", "AGE"]
+    assert table[1].split()[:3] == [name, "True", f"{core_replicas}/{core_replicas}"]
     table = kubectl(stack.cluster, "get", "avrd", name, "-n", ns, "-o", "wide").splitlines()
     assert table[0].split() == ["NAME", "READY", "REPLICAS", "REASON", "AGE"]
     assert table[1].split()[:4] == [name, "True", f"{core_replicas}/{core_replicas}", "AllComponentsReady"]

@@ -38,11 +38,13 @@ def test_killed_mid_reconcile_then_restarted_converges_without_duplicates_or_orp
 ) -> None:
     env = own_operator
     api, ns = env.api, env.namespace
+    local = env.cluster.require_local()
+    mark = local.audit.mark()
     for name in STACKS:
         create(api, ns, minimal(name, core=CORE, rollout={"minReadySeconds": 0}))
 
-    # SIGKILL as soon as the first child appears: the operator is then in the middle of its work.
-    eventually(lambda: children(api, ns), timeout=30, interval=0.02, what="the first child")
+    # SIGKILL right after its first write (the audit log is local, so this is quick): mid-reconcile.
+    eventually(lambda: env.writes(mark), timeout=30, interval=0.005, what="the operator's first write")
     env.operator.kill()
     partial = children(api, ns)
     assert len(partial) < len(STACKS) * 6, "killed too late: every child was there already"
