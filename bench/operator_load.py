@@ -25,6 +25,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -471,6 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each phase")
     parser.add_argument("--skip-resync", action="store_true", help="skip the no-op resync window")
     args = parser.parse_args(argv)
+    # Ctrl-C must tear the cluster down even when started from a context that ignores SIGINT (e.g. `cmd &`).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.monotonic()
     report = run(args)
     print(f"\nfinished in {time.monotonic() - started:.0f} s\n")
