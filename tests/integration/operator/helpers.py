@@ -369,9 +369,6 @@ class OperatorProcess:
         except subprocess.TimeoutExpired:
             self.kill()
 
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
 
