@@ -439,6 +439,9 @@ def run(args: argparse.Namespace) -> Report:
             report.add(f"{tag}: operator dry-run applies per resource", f"{dry / n:.2f}")
             report.add(f"{tag}: operator CPU time per resource", f"{(after.cpu_s - before.cpu_s) / n * 1000:.0f} ms")
             report.add(f"{tag}: operator RSS now / peak", f"{after.rss_mb:.0f} MB / {after.peak_mb:.0f} MB")
+            report.add(
+                f"{tag}: machine load average (1 / 5 min) at this point", "{:.2f} / {:.2f}".format(*os.getloadavg())
+            )
 
             if label == "full" and not args.skip_resync:
                 metrics = scrape_operator(metrics_port)
@@ -462,6 +465,15 @@ def run(args: argparse.Namespace) -> Report:
     return report
 
 
+def wait_quiet(limit: float, patience: float = 600.0) -> None:
+    """Other work on the machine skews every figure: start once the load average is low (or give up waiting)."""
+    deadline = time.monotonic() + patience
+    while (load := os.getloadavg()[0]) >= limit and time.monotonic() < deadline:
+        print(f"load average {load:.2f} >= {limit}: waiting", flush=True)
+        time.sleep(15)
+    print(f"load average {os.getloadavg()[0]:.2f} at start", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resources", type=int, default=200, help="AVRDeployments of the full spec (default 200)")
@@ -471,7 +483,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resync", type=float, default=20.0, help="the operator's --resync in seconds (default 20)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each phase")
     parser.add_argument("--skip-resync", action="store_true", help="skip the no-op resync window")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="LOAD",
+        help="first wait (up to 10 min) until the 1-minute load average is below LOAD (default: do not wait)",
+    )
     args = parser.parse_args(argv)
+    if args.wait_quiet:
+        wait_quiet(args.wait_quiet)
     # Ctrl-C must tear the cluster down even when started from a context that ignores SIGINT (e.g. `cmd &`).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.monotonic()

@@ -12,11 +12,12 @@ from typing import Any, cast
 import kopf
 
 from avr_operator import metrics
-from avr_operator.apply.cluster import Cluster
+from avr_operator.apply.cache import BodyCache, ChildCache, child_key
+from avr_operator.apply.cluster import Cluster, Obj
 from avr_operator.apply.kube import KubeCluster
 from avr_operator.apply.reconcile import reconcile
 from avr_operator.constants import API_VERSION, FIELD_MANAGER, GROUP, KIND, LABEL_MANAGED_BY, PLURAL, VERSION
-from avr_operator.workqueue import WorkQueue
+from avr_operator.workqueue import GoneError, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,16 @@ CHILD_RESOURCES = (
 )
 
 
-def make_work(cluster: Cluster) -> Any:
+def make_work(cluster: Cluster, children: ChildCache, bodies: BodyCache) -> Any:
     async def work(namespace: str, name: str) -> float | None:
-        body = await cluster.get(API_VERSION, KIND, namespace, name)
-        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+        body = bodies.get(namespace, name) or await cluster.get(API_VERSION, KIND, namespace, name)
+        if body is None:
+            raise GoneError
+        if body.get("metadata", {}).get("deletionTimestamp"):
             return None
-        result = await reconcile(cluster, body)
+        result = await reconcile(cluster, body, cache=children)
+        if result.patched is not None:
+            bodies.put(result.patched)
         for event in result.events:
             kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
         return result.requeue_after
@@ -51,8 +56,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"  # never used: no handler needs one
     cluster = memo.get("cluster") or KubeCluster.from_environment()
     memo["cluster"] = cluster
+    memo["children"] = children = ChildCache(complete=True)
+    memo["bodies"] = bodies = BodyCache()
     memo["queue"] = WorkQueue(
-        make_work(cluster), resync_seconds=float(memo.get("resync_seconds", DEFAULT_RESYNC_SECONDS))
+        make_work(cluster, children, bodies),
+        resync_seconds=float(memo.get("resync_seconds", DEFAULT_RESYNC_SECONDS)),
     )
 
 
@@ -64,13 +72,17 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def resource_changed(type: str, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+async def resource_changed(
+    event: kopf.RawEvent, type: str, name: str, namespace: str | None, memo: Any, **_: Any
+) -> None:
     queue: WorkQueue = memo["queue"]
     if namespace is None:
         return
     if type == "DELETED":
         queue.forget(namespace, name)  # children go with it (garbage collection)
+        memo["bodies"].forget(namespace, name)
     else:
+        memo["bodies"].put(event["object"])
         queue.trigger(namespace, name)
     metrics.MANAGED.set(len(queue))
 
@@ -82,10 +94,21 @@ def _owner(body: kopf.Body) -> str | None:
     return None
 
 
-async def child_changed(body: kopf.Body, namespace: str | None, memo: Any, **_: Any) -> None:
-    """A child was created, edited, deleted or its status moved: re-check its owner (restores hand edits)."""
+async def child_changed(
+    event: kopf.RawEvent, type: str, body: kopf.Body, namespace: str | None, memo: Any, **_: Any
+) -> None:
+    """Record the child; re-check its owner when the child was created, edited or deleted (restores hand edits),
+    or when a status field the owner reports moved. Other status churn (conditions' timestamps, PDB counts)
+    costs no reconcile."""
+    children: ChildCache = memo["children"]
+    raw = cast(Obj, event["object"])
+    if type == "DELETED":
+        children.remove(child_key(raw))
+        changed = True
+    else:
+        changed = children.put(raw)
     owner = _owner(body)
-    if owner is not None and namespace is not None:
+    if changed and owner is not None and namespace is not None:
         memo["queue"].trigger(namespace, owner)
 
 

@@ -19,6 +19,10 @@ Key = tuple[str, str]  # namespace, name
 Work = Callable[[str, str], Awaitable[float | None]]
 
 
+class GoneError(Exception):
+    """Raised by the work when its resource no longer exists: the queue forgets it."""
+
+
 @dataclass
 class _Slot:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -72,6 +76,11 @@ class WorkQueue:
                 delay = await self._work(*key)
             except asyncio.CancelledError:
                 raise
+            except GoneError:
+                if self._slots.get(key) is slot and not slot.wakeup.is_set():
+                    del self._slots[key]
+                    return
+                delay = None
             except Exception:
                 log.exception("reconciling %s/%s failed; retrying", *key)
                 delay = 10.0

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client, config
 
 from avr_operator.apply.cluster import ApiError, NotFoundError, Obj
 from avr_operator.constants import KIND, PLURAL
+
+THREADS = 24  # concurrent requests to the API server
 
 PLURALS = {
     "ConfigMap": "configmaps",
@@ -37,9 +41,11 @@ def resource_path(api_version: str, kind: str, namespace: str, name: str | None 
 class KubeCluster:
     """Talks to the API server of the current kubeconfig context, or of the pod's service account."""
 
-    def __init__(self, api: Any, timeout: float = 30.0) -> None:
+    def __init__(self, api: Any, timeout: float = 30.0, threads: int = THREADS) -> None:
         self._api = api
         self._timeout = timeout
+        # Sized for I/O, not CPU: the threads mostly wait for the API server.
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="avr-api")
 
     @classmethod
     def from_environment(cls) -> KubeCluster:
@@ -48,7 +54,9 @@ class KubeCluster:
         except config.ConfigException:
             # KUBECONFIG is read now, not when the kubernetes package was imported.
             config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
-        return cls(client.ApiClient())
+        configuration = client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = THREADS  # one connection per thread, kept alive
+        return cls(client.ApiClient(configuration))
 
     def _call(
         self,
@@ -78,7 +86,8 @@ class KubeCluster:
         return result
 
     async def _request(self, *args: Any, **kwargs: Any) -> Obj:
-        return await asyncio.to_thread(self._call, *args, **kwargs)
+        call = functools.partial(self._call, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
         try:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from avr_operator import metrics
 from avr_operator.api.resource import AVRDeployment, InvalidResourceError
+from avr_operator.apply.cache import ChildCache, ChildKey, status_summary
 from avr_operator.apply.cluster import ApiError, Cluster, Obj
 from avr_operator.apply.preconditions import missing_references
 from avr_operator.apply.ssa import execute, plan, prune
@@ -48,6 +49,7 @@ class Result:
     status_written: bool = False
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
+    patched: Obj | None = None  # the resource as the status patch returned it
 
 
 def _now() -> str:
@@ -65,29 +67,40 @@ def _validation_message(exc: Exception) -> str:
     return str(exc)
 
 
-async def _observe(cluster: Cluster, res: AVRDeployment) -> dict[str, Observed]:
+async def _observed(cluster: Cluster, cache: ChildCache, key: ChildKey) -> Obj | None:
+    child = cache.get(key)
+    if child is not None:
+        return child.summary
+    if cache.complete:
+        return None
+    live = await cluster.get(*key)
+    return status_summary(live) if live is not None else None
+
+
+async def _observe(cluster: Cluster, cache: ChildCache, res: AVRDeployment) -> dict[str, Observed]:
+    """Deployments and autoscalers as last seen (from the cache; read when it does not know them)."""
     observed: dict[str, Observed] = {}
     for c in components(res):
-        dep = await cluster.get("apps/v1", "Deployment", res.namespace, c.name)
+        dep = await _observed(cluster, cache, ("apps/v1", "Deployment", res.namespace, c.name))
         hpa = None
         if c.autoscaling is not None:
-            hpa = await cluster.get("autoscaling/v2", "HorizontalPodAutoscaler", res.namespace, c.name)
+            hpa = await _observed(cluster, cache, ("autoscaling/v2", "HorizontalPodAutoscaler", res.namespace, c.name))
         observed[c.role] = Observed(dep, hpa)
     return observed
 
 
-async def _realise(cluster: Cluster, res: AVRDeployment) -> tuple[int, list[Problem]]:
+async def _realise(cluster: Cluster, cache: ChildCache, res: AVRDeployment) -> tuple[int, list[Problem]]:
     """Preconditions, then every write; returns (writes, problems). Any problem means nothing was written."""
     problems = await missing_references(cluster, res.namespace, references(res.spec))
     if problems:
         return 0, problems
     manifests = render(res)
     try:
-        todo = await plan(cluster, manifests)
+        todo = await plan(cluster, manifests, cache)
     except ApiError as exc:
         return 0, [Problem("Rejected", f"the API server refused the manifests: {exc.message}")]
     try:
-        writes = await execute(cluster, todo)
+        writes = await execute(cluster, todo, cache)
         writes += await prune(
             cluster,
             namespace=res.namespace,
@@ -95,14 +108,19 @@ async def _realise(cluster: Cluster, res: AVRDeployment) -> tuple[int, list[Prob
             selector=owned_selector(res),
             kinds=CHILD_KINDS,
             keep={key(m) for m in manifests},
+            cache=cache,
         )
     except ApiError as exc:
         return 0, [Problem("ApplyFailed", exc.message)]
     return writes, []
 
 
-async def reconcile(cluster: Cluster, body: Obj, now: str | None = None) -> Result:
-    """Bring the children of `body` (an AVRDeployment read from the cluster) to what its spec asks for."""
+async def reconcile(cluster: Cluster, body: Obj, now: str | None = None, cache: ChildCache | None = None) -> Result:
+    """Bring the children of `body` (an AVRDeployment read from the cluster) to what its spec asks for.
+
+    `cache` holds what is known of the children (see `ChildCache`); without one, every child is read.
+    """
+    cache = cache if cache is not None else ChildCache()
     started = time.perf_counter()
     meta = body.get("metadata") or {}
     namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
@@ -116,15 +134,15 @@ async def reconcile(cluster: Cluster, body: Obj, now: str | None = None) -> Resu
         generation = int(meta.get("generation") or 0)
     else:
         generation = res.generation
-        result.writes, problems = await _realise(cluster, res)
-        observed = await _observe(cluster, res)
+        result.writes, problems = await _realise(cluster, cache, res)
+        observed = await _observe(cluster, cache, res)
 
     status = compute_status(
         generation=generation, observed=observed, problems=problems, previous=previous, now=now or _now()
     )
     patch = merge_diff(previous, status)
     if patch is not None:
-        await cluster.patch_status(API_VERSION, KIND, namespace, name, patch)
+        result.patched = await cluster.patch_status(API_VERSION, KIND, namespace, name, patch)
         metrics.WRITES.labels(KIND, "status").inc()
         result.status_written = True
     result.status = status

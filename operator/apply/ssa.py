@@ -7,13 +7,15 @@ the server canonicalised a value, e.g. a quantity, or when a field we set earlie
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from avr_operator import metrics
+from avr_operator.apply.cache import ChildCache, child_key
 from avr_operator.apply.cluster import ApiError, Cluster, Obj
 from avr_operator.constants import ANNOTATION_SPEC_HASH, API_VERSION, FIELD_MANAGER, KIND
 
@@ -22,6 +24,7 @@ HANDOVER_MANAGER = f"{FIELD_MANAGER}-handover"
 # Field manager of the merge patch that replaces lists a hand edit made unappliable (see `plan`).
 REPAIR_MANAGER = f"{FIELD_MANAGER}-repair"
 _VOLATILE_META = ("managedFields", "resourceVersion")
+T = TypeVar("T")
 
 
 def spec_hash(manifest: Obj) -> str:
@@ -75,36 +78,82 @@ class Plan:
     repairs: list[Obj] = field(default_factory=list)
 
 
-async def plan(cluster: Cluster, manifests: Iterable[Obj]) -> Plan:
-    """Compare each manifest with the cluster; dry-runs also make the server validate everything up front."""
+@dataclass(frozen=True)
+class _Change:
+    desired: Obj
+    handover: Obj | None = None
+    repair: bool = False
+
+
+def _spec_hash_of(desired: Obj) -> str:
+    return str(desired["metadata"]["annotations"][ANNOTATION_SPEC_HASH])
+
+
+async def _check(cluster: Cluster, cache: ChildCache, manifest: Obj) -> _Change | None:
+    """None when the child already matches `manifest`; else what to write. Raises when the server refuses it."""
+    desired = with_hash(manifest)
+    key, wanted = child_key(desired), _spec_hash_of(desired)
+    if cache.in_sync(key, wanted):
+        return None
+    live = await cluster.get(*key)
+    if live is None:
+        cache.remove(key)
+    elif is_subset(desired, live):
+        cache.verify(key, wanted, live)
+        return None
+    try:
+        preview = await cluster.apply(desired, field_manager=FIELD_MANAGER, dry_run=True)
+    except ApiError as exc:
+        if live is None or exc.status != 422:
+            raise
+        # A list entry another manager owns can clash with ours, and applying never removes it: a Service
+        # port changed by hand is a new entry whose name duplicates ours. A merge patch replaces such lists
+        # whole; the apply then succeeds. Refused too: the manifest itself is invalid (raises).
+        await cluster.merge_patch(desired, field_manager=REPAIR_MANAGER, dry_run=True)
+        return _Change(desired, live if needs_handover(desired, live) else None, repair=True)
+    if live is not None and _comparable(preview) == _comparable(live):
+        cache.verify(key, wanted, live)
+        return None
+    return _Change(desired, live if needs_handover(desired, live) else None)
+
+
+async def _gather(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Run concurrently; every call finishes before the first failure is raised."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return cast(list[T], results)
+
+
+async def plan(cluster: Cluster, manifests: Iterable[Obj], cache: ChildCache | None = None) -> Plan:
+    """Compare each manifest with the cluster; dry-runs also make the server validate everything up front.
+
+    Children the cache confirms unchanged since they last matched cost nothing; the others cost a GET, and a
+    dry-run apply when the live object differs. All children are checked concurrently.
+    """
+    cache = cache if cache is not None else ChildCache()
     result = Plan([], [])
-    for manifest in manifests:
-        desired = with_hash(manifest)
-        meta = desired["metadata"]
-        live = await cluster.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
-        if live is not None and is_subset(desired, live):
+    for change in await _gather(_check(cluster, cache, m) for m in manifests):
+        if change is None:
             continue
-        try:
-            preview = await cluster.apply(desired, field_manager=FIELD_MANAGER, dry_run=True)
-        except ApiError as exc:
-            if live is None or exc.status != 422:
-                raise
-            # A list entry another manager owns can clash with ours, and applying never removes it: a Service
-            # port changed by hand is a new entry whose name duplicates ours. A merge patch replaces such lists
-            # whole; the apply then succeeds. Refused too: the manifest itself is invalid (raises).
-            await cluster.merge_patch(desired, field_manager=REPAIR_MANAGER, dry_run=True)
-            result.repairs.append(desired)
-        else:
-            if live is not None and _comparable(preview) == _comparable(live):
-                continue
-        result.writes.append(desired)
-        if needs_handover(desired, live):
-            assert live is not None
-            result.handovers.append(live)
+        result.writes.append(change.desired)
+        if change.handover is not None:
+            result.handovers.append(change.handover)
+        if change.repair:
+            result.repairs.append(change.desired)
     return result
 
 
-async def execute(cluster: Cluster, todo: Plan) -> int:
+async def _apply(cluster: Cluster, cache: ChildCache, desired: Obj) -> None:
+    applied = await cluster.apply(desired, field_manager=FIELD_MANAGER)
+    metrics.WRITES.labels(desired["kind"], "apply").inc()
+    cache.verify(child_key(desired), _spec_hash_of(desired), applied)
+
+
+async def execute(cluster: Cluster, todo: Plan, cache: ChildCache | None = None) -> int:
+    """Write the plan: handovers and repairs first, then configuration, then the Deployments that read it."""
+    cache = cache if cache is not None else ChildCache()
     for live in todo.handovers:
         meta = live["metadata"]
         keep = {
@@ -118,9 +167,10 @@ async def execute(cluster: Cluster, todo: Plan) -> int:
     for desired in todo.repairs:
         await cluster.merge_patch(desired, field_manager=REPAIR_MANAGER)
         metrics.WRITES.labels(desired["kind"], "apply").inc()
-    for desired in todo.writes:
-        await cluster.apply(desired, field_manager=FIELD_MANAGER)
-        metrics.WRITES.labels(desired["kind"], "apply").inc()
+    first = [d for d in todo.writes if d["kind"] != "Deployment"]
+    then = [d for d in todo.writes if d["kind"] == "Deployment"]
+    for wave in (first, then):
+        await _gather(_apply(cluster, cache, d) for d in wave)
     return len(todo.writes) + len(todo.handovers) + len(todo.repairs)
 
 
@@ -139,15 +189,29 @@ async def prune(
     selector: str,
     kinds: Iterable[tuple[str, str]],
     keep: set[tuple[str, str, str]],
+    cache: ChildCache | None = None,
 ) -> int:
-    """Delete children of this owner the spec no longer produces (e.g. the HPA once autoscaling is off)."""
+    """Delete children of this owner the spec no longer produces (e.g. the HPA once autoscaling is off).
+
+    A complete cache (fed by watches) knows every child: then no LIST is needed.
+    """
+    kinds = list(kinds)
+    found: list[tuple[str, str, str, str]] = []  # apiVersion, kind, name, uid
+    if cache is not None and cache.complete:
+        found = [(k[0], k[1], k[3], uid) for k, uid in cache.owned(owner_uid) if k[2] == namespace]
+        found = [f for f in found if f[:2] in kinds]
+    else:
+        for api_version, kind in kinds:
+            for obj in await cluster.list(api_version, kind, namespace, selector):
+                if _owned_by(obj, owner_uid):
+                    found.append((api_version, kind, obj["metadata"]["name"], obj["metadata"]["uid"]))
     deleted = 0
-    for api_version, kind in kinds:
-        for obj in await cluster.list(api_version, kind, namespace, selector):
-            meta = obj["metadata"]
-            if (api_version, kind, meta["name"]) in keep or not _owned_by(obj, owner_uid):
-                continue
-            await cluster.delete(api_version, kind, namespace, meta["name"], meta["uid"])
-            metrics.WRITES.labels(kind, "delete").inc()
-            deleted += 1
+    for api_version, kind, name, uid in found:
+        if (api_version, kind, name) in keep:
+            continue
+        await cluster.delete(api_version, kind, namespace, name, uid)
+        metrics.WRITES.labels(kind, "delete").inc()
+        if cache is not None:
+            cache.remove((api_version, kind, namespace, name))
+        deleted += 1
     return deleted

@@ -86,3 +86,16 @@ async def test_forget_stops_the_loop() -> None:
     seen = runs
     await asyncio.sleep(0.05)
     assert runs == seen and len(queue) == 0
+
+
+async def test_a_resource_that_is_gone_is_forgotten() -> None:
+    from avr_operator.workqueue import GoneError  # noqa: PLC0415
+
+    async def work(namespace: str, name: str) -> float | None:
+        raise GoneError
+
+    queue = WorkQueue(work, resync_seconds=60, debounce_seconds=0.01)
+    queue.trigger("ns", "a")
+    await asyncio.sleep(0.1)
+    assert len(queue) == 0
+    await queue.stop()
