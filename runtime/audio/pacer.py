@@ -7,8 +7,9 @@ provider so streamed audio waits about ``margin`` in the worker instead of up to
 - audio arriving into an empty buffer pulls the next slot earlier (at most ``max_slew`` per frame) until it waits
   only ``margin``;
 - audio that is late for its slot by up to ``margin`` is still sent at once instead of a silence frame (grace);
-- a stream that keeps one or two frames of backlog for a second (a late frame after silence was already sent)
-  drops one frame, so a jitter spike does not add latency for the rest of the call.
+- a stream that keeps a steady backlog for a second (audio arriving in real time behind a stall or a late frame)
+  drops that backlog, so one hiccup does not add latency for the rest of the call; replies generated faster than
+  real time (their backlog grows or drains) are never cut.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from avr_runtime.audio.buffer import PlayoutBuffer
 
 LATE_AFTER: Final = 0.005
 TRIM_AFTER_TICKS: Final = 50
+STEADY_SPREAD: Final = 2
 
 
 class Pacer:
     __slots__ = (
+        "_backlog_max",
+        "_backlog_min",
         "_backlog_ticks",
         "_earliest",
         "_grace",
@@ -52,7 +56,7 @@ class Pacer:
         margin: float = 0.004,
         max_slew: float = 0.002,
         on_late: Callable[[], None] | None = None,
-        on_drop: Callable[[], None] | None = None,
+        on_drop: Callable[[int], None] | None = None,
     ) -> None:
         self.buffer = buffer
         self.period = period
@@ -69,6 +73,7 @@ class Pacer:
         self._talking = False
         self._grace = False
         self._backlog_ticks = 0
+        self._backlog_min = self._backlog_max = 0
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -112,19 +117,36 @@ class Pacer:
         else:
             self._send(item[0], self._loop.time() - item[1])
             self._talking = True
-            if 1 <= len(self.buffer) <= 2:
-                self._backlog_ticks += 1
-                if self._backlog_ticks >= TRIM_AFTER_TICKS:
-                    self.buffer.pop()
-                    self._backlog_ticks = 0
-                    if self._on_drop:
-                        self._on_drop()
-            else:
-                self._backlog_ticks = 0
+            self._watch_backlog(len(self.buffer))
         # keep the grid, unless this send was late: then the next one may come only max_slew early
         self._earliest = self._loop.time() + self.period - self.max_slew
         self._next = max(anchor + self.period, self._earliest)
         self._handle = self._loop.call_at(self._next, self._tick)
+
+    def _watch_backlog(self, backlog: int) -> None:
+        """Trim latency that a live stream can never drain by itself.
+
+        A reply generated faster than real time (TTS) makes the backlog grow or drain; audio that arrives in real
+        time after a stall or a late frame keeps a steady backlog for as long as the stream lasts. Only the second
+        kind is cut: after ``TRIM_AFTER_TICKS`` slots whose backlog stayed within ``STEADY_SPREAD`` frames.
+        """
+        if backlog == 0:
+            self._backlog_ticks = 0
+            return
+        if self._backlog_ticks == 0:
+            self._backlog_min = self._backlog_max = backlog
+        else:
+            self._backlog_min = min(self._backlog_min, backlog)
+            self._backlog_max = max(self._backlog_max, backlog)
+        self._backlog_ticks += 1
+        if self._backlog_max - self._backlog_min > STEADY_SPREAD:
+            self._backlog_ticks = 0
+        elif self._backlog_ticks >= TRIM_AFTER_TICKS:
+            for _ in range(self._backlog_min):
+                self.buffer.pop()
+            if self._on_drop:
+                self._on_drop(self._backlog_min)
+            self._backlog_ticks = 0
 
     def _tick(self) -> None:
         loop = self._loop

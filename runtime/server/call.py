@@ -57,7 +57,8 @@ class Call:
             on_late=metrics.FRAMES_LATE.inc,
             on_drop=metrics.FRAMES_DROPPED.labels("latency").inc,
         )
-        self.session: ProviderSession | None = None
+        # created now, so caller audio that arrives while the provider connects is queued, not lost
+        self.session: ProviderSession | None = ctx.new_session(call_uuid, self, self.metadata)
         self._ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._started = time.monotonic()
         self._frames_in = 0
@@ -166,7 +167,7 @@ class Call:
         reason = "cancelled"
         failed = False
         try:
-            self.session = session = ctx.new_session(self.uuid, self, self.metadata)
+            session = self.session
             if session is None:
                 reason = await self._ended
             elif (failure := await self._connect(session)) is not None:

@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from avr_runtime.client.audiosocket import CallResult
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -111,3 +113,10 @@ def chain_env(proc: Proc) -> dict[str, str]:
 
 ProviderFactory = Callable[..., Proc]
 WorkerFactory = Callable[..., Proc]
+
+
+def paced_whole(result: CallResult) -> bool:
+    """One outbound frame per inbound frame, give or take: a loaded machine may lose a few pacer slots (the pacer
+    never catches up in a burst), so up to 10% fewer, never more than a few extra."""
+    received, sent = len(result.audio_frames), result.frames_sent
+    return 0.9 * sent <= received <= sent + 3

@@ -1,0 +1,74 @@
+"""The pacer's backlog trim: latency a live stream cannot drain is cut; replies faster than real time never are."""
+
+from __future__ import annotations
+
+import asyncio
+
+from avr_runtime.audio.buffer import PlayoutBuffer
+from avr_runtime.audio.pacer import TRIM_AFTER_TICKS, Pacer
+
+PERIOD = 0.02
+
+
+def frame(i: int) -> bytes:
+    return bytes([1 + i % 250]) * 320
+
+
+class Run:
+    def __init__(self) -> None:
+        self.buf = PlayoutBuffer(320, capacity=1000)
+        self.sent: list[bytes] = []
+        self.dropped: list[int] = []
+        self.pacer = Pacer(
+            self.buf, lambda f, _w: self.sent.append(f), bytes(320), period=PERIOD, on_drop=self.dropped.append
+        )
+
+    def push(self, data: bytes) -> None:
+        was_empty = len(self.buf) == 0
+        self.buf.push(data, asyncio.get_running_loop().time())
+        self.pacer.audio_arrived(was_empty)
+
+
+async def test_a_steady_backlog_behind_a_stall_is_cut() -> None:
+    run = Run()
+    run.pacer.start()
+    # a stall left 6 frames queued; then audio keeps arriving in real time, one frame per period
+    for i in range(6):
+        run.push(frame(i))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i in range(6, 6 + 2 * TRIM_AFTER_TICKS):
+        await asyncio.sleep(max(0.0, start + (i - 6) * PERIOD - loop.time()))
+        run.push(frame(i))
+    await asyncio.sleep(0.1)
+    run.pacer.stop()
+    assert run.dropped, "the backlog was never trimmed"
+    assert 4 <= sum(run.dropped) <= 7, "about the stall's six frames, not more"
+    assert len(run.buf) <= 2, "what is left queued is at most the arrival jitter"
+
+
+async def test_a_reply_faster_than_real_time_is_never_cut() -> None:
+    run = Run()
+    run.pacer.start()
+    reply = b"".join(frame(i) for i in range(120))  # 2.4 s of speech arriving at once, as TTS streams it
+    run.push(reply)
+    await asyncio.sleep(120 * PERIOD + 0.3)
+    run.pacer.stop()
+    assert run.dropped == []
+    played = [f for f in run.sent if any(f)]
+    assert played == [frame(i) for i in range(120)]
+
+
+async def test_a_reply_streamed_slightly_faster_than_real_time_is_never_cut() -> None:
+    run = Run()
+    run.pacer.start()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    n = 90
+    for i in range(n):  # 25 % faster than real time: the backlog grows steadily
+        await asyncio.sleep(max(0.0, start + i * PERIOD * 0.75 - loop.time()))
+        run.push(frame(i))
+    await asyncio.sleep(n * PERIOD * 0.3 + 0.3)
+    run.pacer.stop()
+    assert run.dropped == []
+    assert [f for f in run.sent if any(f)] == [frame(i) for i in range(n)]
