@@ -6,12 +6,13 @@ operator can restart at any time; kopf's initial listing then re-triggers every 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, cast
 
 import kopf
 
-from avr_operator import metrics
+from avr_operator import memory, metrics
 from avr_operator.apply.cache import BodyCache, ChildCache, child_key
 from avr_operator.apply.cluster import Cluster, Obj
 from avr_operator.apply.kube import KubeCluster
@@ -58,6 +59,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["cluster"] = cluster
     memo["children"] = children = ChildCache(complete=True)
     memo["bodies"] = bodies = BodyCache()
+    memo["trimmer"] = asyncio.create_task(memory.trim_periodically(), name="avr-malloc-trim")
     memo["queue"] = WorkQueue(
         make_work(cluster, children, bodies),
         resync_seconds=float(memo.get("resync_seconds", DEFAULT_RESYNC_SECONDS)),
@@ -69,6 +71,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     queue: WorkQueue | None = memo.get("queue")
     if queue is not None:
         await queue.stop()
+    trimmer: asyncio.Task[None] | None = memo.get("trimmer")
+    if trimmer is not None:
+        trimmer.cancel()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

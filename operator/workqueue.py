@@ -30,8 +30,13 @@ class _Slot:
 
 
 class WorkQueue:
-    def __init__(self, work: Work, *, resync_seconds: float, debounce_seconds: float = 0.2) -> None:
+    def __init__(
+        self, work: Work, *, resync_seconds: float, debounce_seconds: float = 0.2, concurrency: int = 32
+    ) -> None:
         self._work = work
+        # Runs at once across resources: bounds the memory of work in flight (a burst of new resources would
+        # otherwise render and hold all their manifests together while waiting for the API server).
+        self._running = asyncio.Semaphore(concurrency)
         self._resync = resync_seconds
         self._debounce = debounce_seconds
         self._slots: dict[Key, _Slot] = {}
@@ -70,17 +75,18 @@ class WorkQueue:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(slot.wakeup.wait(), timeout)
             await asyncio.sleep(self._debounce)
-            slot.wakeup.clear()
-            self.runs += 1
-            try:
-                delay = await self._work(*key)
-            except asyncio.CancelledError:
-                raise
-            except GoneError:
-                if self._slots.get(key) is slot and not slot.wakeup.is_set():
-                    del self._slots[key]
-                    return
-                delay = None
-            except Exception:
-                log.exception("reconciling %s/%s failed; retrying", *key)
-                delay = 10.0
+            async with self._running:
+                slot.wakeup.clear()  # triggers that arrived while waiting for a turn are covered by this run
+                self.runs += 1
+                try:
+                    delay = await self._work(*key)
+                except asyncio.CancelledError:
+                    raise
+                except GoneError:
+                    if self._slots.get(key) is slot and not slot.wakeup.is_set():
+                        del self._slots[key]
+                        return
+                    delay = None
+                except Exception:
+                    log.exception("reconciling %s/%s failed; retrying", *key)
+                    delay = 10.0

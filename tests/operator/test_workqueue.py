@@ -99,3 +99,22 @@ async def test_a_resource_that_is_gone_is_forgotten() -> None:
     await asyncio.sleep(0.1)
     assert len(queue) == 0
     await queue.stop()
+
+
+async def test_concurrency_is_bounded_across_resources() -> None:
+    running = peak = 0
+
+    async def work(namespace: str, name: str) -> float | None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        return None
+
+    queue = WorkQueue(work, resync_seconds=60, debounce_seconds=0.0, concurrency=3)
+    for i in range(10):
+        queue.trigger("ns", f"r{i}")
+    await asyncio.sleep(0.3)
+    assert peak == 3 and queue.runs == 10
+    await queue.stop()
