@@ -17,8 +17,9 @@ from avr_runtime.services.providers.base import Listener, ProviderSession
 
 log = logging.getLogger(__name__)
 
-#: Caller audio waiting to go to a provider that does not read fast enough: 5 s, then the oldest is dropped.
-SEND_QUEUE_FRAMES = 250
+#: Caller audio waiting to go to a provider that does not keep up: 1 s, then the oldest is dropped (older audio
+#: would only reach a live conversation as latency).
+SEND_QUEUE_FRAMES = 50
 
 
 def with_query(url: str, params: dict[str, Any]) -> str:
