@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import logging
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,9 @@ _M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
 TRIM_SECONDS = 30.0
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """Looked up once: find_library may run ldconfig, which is not free every 30 s."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
