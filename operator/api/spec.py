@@ -196,6 +196,14 @@ class CoreSpec(ApiModel):
 # --- providers ---------------------------------------------------------------------------------------------
 
 
+#: Both autoscaling specs (core and providers) share this bound; one rule, one message.
+MIN_NOT_ABOVE_MAX = Rule(
+    "self.minReplicas <= self.maxReplicas",
+    "minReplicas must not exceed maxReplicas",
+    lambda s: s.min_replicas <= s.max_replicas,
+)
+
+
 class ProviderAutoscalingSpec(ApiModel):
     """CPU-based autoscaling of a provider (providers export no queue metric)."""
 
@@ -204,13 +212,7 @@ class ProviderAutoscalingSpec(ApiModel):
     max_replicas: int = Field(5, ge=1, le=1000, description="Most pods.")
     target_cpu_utilization: int = Field(70, ge=1, le=100, description="Target average CPU use, % of requests.")
 
-    rules = (
-        Rule(
-            "self.minReplicas <= self.maxReplicas",
-            "minReplicas must not exceed maxReplicas",
-            lambda s: s.min_replicas <= s.max_replicas,
-        ),
-    )
+    rules = (MIN_NOT_ABOVE_MAX,)
 
 
 class ProviderSpec(ApiModel):
@@ -368,13 +370,7 @@ class AutoscalingSpec(ApiModel):
     )
     behavior: BehaviorSpec = sub(BehaviorSpec, "Scale-up and scale-down speed.")
 
-    rules = (
-        Rule(
-            "self.minReplicas <= self.maxReplicas",
-            "minReplicas must not exceed maxReplicas",
-            lambda s: s.min_replicas <= s.max_replicas,
-        ),
-    )
+    rules = (MIN_NOT_ABOVE_MAX,)
 
 
 class RolloutSpec(ApiModel):

@@ -27,12 +27,3 @@ def to_mono(stereo: bytes) -> bytes:
 
 def to_stereo(mono: bytes) -> bytes:
     return np.repeat(np.frombuffer(mono, dtype="<i2"), 2).tobytes()
-
-
-def rms_dbfs(pcm: bytes) -> float:
-    """Level relative to full scale; -inf-safe (returns -120 for digital silence)."""
-    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    if x.size == 0:
-        return -120.0
-    power = float(np.dot(x, x)) / x.size
-    return max(-120.0, 10.0 * float(np.log10(power / (32768.0**2) + 1e-12)))

@@ -23,10 +23,6 @@ class CallResult:
     closed: bool = False
 
     @property
-    def received_audio(self) -> bytes:
-        return b"".join(self.audio_frames)
-
-    @property
     def non_silent_frames(self) -> int:
         return sum(1 for f in self.audio_frames if any(f))
 
