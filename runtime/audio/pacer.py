@@ -16,13 +16,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 from avr_runtime.audio.buffer import PlayoutBuffer
+from avr_runtime.audio.clock import SlotClock
+
+
+class _Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
 
 LATE_AFTER: Final = 0.005
 TRIM_AFTER_TICKS: Final = 50
 STEADY_SPREAD: Final = 2
+
+
+def _not_started(when: float, callback: Callable[[], None]) -> _Cancellable:
+    raise RuntimeError("the pacer is not started")
 
 
 class Pacer:
@@ -30,6 +40,8 @@ class Pacer:
         "_backlog_max",
         "_backlog_min",
         "_backlog_ticks",
+        "_call_at",
+        "_clock",
         "_earliest",
         "_grace",
         "_handle",
@@ -57,7 +69,9 @@ class Pacer:
         max_slew: float = 0.002,
         on_late: Callable[[], None] | None = None,
         on_drop: Callable[[int], None] | None = None,
+        clock: SlotClock | None = None,
     ) -> None:
+        """``clock`` shares timers between the calls of a worker; without one each pacer has its own loop timer."""
         self.buffer = buffer
         self.period = period
         self.margin = margin
@@ -67,7 +81,9 @@ class Pacer:
         self._on_late = on_late
         self._on_drop = on_drop
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._handle: asyncio.TimerHandle | None = None
+        self._clock = clock
+        self._call_at: Callable[[float, Callable[[], None]], _Cancellable] = _not_started
+        self._handle: _Cancellable | None = None
         self._next = 0.0
         self._earliest = 0.0  # the last send + period - max_slew: no slot may be earlier
         self._talking = False
@@ -77,8 +93,9 @@ class Pacer:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._call_at = self._clock.call_at if self._clock is not None else self._loop.call_at
         self._next = self._loop.time()
-        self._handle = self._loop.call_at(self._next, self._tick)
+        self._handle = self._call_at(self._next, self._tick)
 
     def stop(self) -> None:
         if self._handle is not None:
@@ -105,7 +122,7 @@ class Pacer:
         if wait > self.margin:
             self._next = max(self._next - min(wait - self.margin, self.max_slew), self._earliest)
             self._handle.cancel()
-            self._handle = loop.call_at(self._next, self._tick)
+            self._handle = self._call_at(self._next, self._tick)
 
     def _emit(self, anchor: float) -> None:
         """Send the next frame; the following slot is one period after ``anchor``."""
@@ -121,7 +138,7 @@ class Pacer:
         # keep the grid, unless this send was late: then the next one may come only max_slew early
         self._earliest = self._loop.time() + self.period - self.max_slew
         self._next = max(anchor + self.period, self._earliest)
-        self._handle = self._loop.call_at(self._next, self._tick)
+        self._handle = self._call_at(self._next, self._tick)
 
     def _watch_backlog(self, backlog: int) -> None:
         """Trim latency that a live stream can never drain by itself.
@@ -159,7 +176,7 @@ class Pacer:
             self._talking = False
             self._earliest = now + self.period - self.max_slew
             self._next = max(slot - self.margin + self.period, self._earliest)
-            self._handle = loop.call_at(self._next, self._tick)
+            self._handle = self._call_at(self._next, self._tick)
             return
         lateness = now - slot
         if lateness > LATE_AFTER and self._on_late:
@@ -167,7 +184,7 @@ class Pacer:
         if len(self.buffer) == 0 and self._talking and self.margin > 0:
             self._grace = True
             self._next = slot + self.margin
-            self._handle = loop.call_at(self._next, self._tick)
+            self._handle = self._call_at(self._next, self._tick)
             return
         # a stalled loop restarts the grid from now instead of catching up in a burst
         self._emit(now if lateness > self.period else slot)

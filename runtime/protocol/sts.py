@@ -52,6 +52,15 @@ def encode_audio(pcm: bytes) -> str:
     return _AUDIO_PREFIX + base64.b64encode(pcm).decode("ascii") + _AUDIO_SUFFIX
 
 
+_AUDIO_PREFIX_B: Final = _AUDIO_PREFIX.encode()
+_AUDIO_SUFFIX_B: Final = _AUDIO_SUFFIX.encode()
+
+
+def encode_audio_bytes(pcm: bytes) -> bytes:
+    """``encode_audio`` as the UTF-8 payload of a text frame, without a str round trip."""
+    return _AUDIO_PREFIX_B + base64.b64encode(pcm) + _AUDIO_SUFFIX_B
+
+
 def encode_init(call_uuid: str, provider_config: dict[str, Any] | None = None) -> str:
     msg: dict[str, Any] = {"type": "init", "uuid": call_uuid}
     if provider_config:
@@ -80,17 +89,27 @@ class MessageError(ValueError):
     pass
 
 
-def _b64(data: str) -> bytes:
+def _b64(data: str | bytes) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise MessageError(f"audio is not valid base64: {exc}") from None
 
 
+def audio_of(payload: bytes) -> bytes | None:
+    """The PCM of a provider audio message in its usual form, else None (then use ``decode``). Hot path."""
+    if payload.startswith(_AUDIO_PREFIX_B) and payload.endswith(_AUDIO_SUFFIX_B):
+        return _b64(payload[len(_AUDIO_PREFIX_B) : -len(_AUDIO_SUFFIX_B)])
+    return None
+
+
 def _parse(text: str | bytes) -> Audio | dict[str, Any]:
     """Both directions: the audio fast path, else a JSON object with a string ``type`` (audio decoded here)."""
-    if isinstance(text, str) and text.startswith(_AUDIO_PREFIX) and text.endswith(_AUDIO_SUFFIX):
-        return Audio(_b64(text[len(_AUDIO_PREFIX) : -len(_AUDIO_SUFFIX)]))
+    if isinstance(text, str):
+        if text.startswith(_AUDIO_PREFIX) and text.endswith(_AUDIO_SUFFIX):
+            return Audio(_b64(text[len(_AUDIO_PREFIX) : -len(_AUDIO_SUFFIX)]))
+    elif text.startswith(_AUDIO_PREFIX_B) and text.endswith(_AUDIO_SUFFIX_B):
+        return Audio(_b64(text[len(_AUDIO_PREFIX_B) : -len(_AUDIO_SUFFIX_B)]))
     try:
         msg = orjson.loads(text)
     except orjson.JSONDecodeError as exc:

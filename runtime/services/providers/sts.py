@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import aiohttp
-
-from avr_runtime.protocol import sts
+from avr_runtime.protocol import sts, websocket
 from avr_runtime.services import metrics
-from avr_runtime.services.pool import HttpPool, with_retries
+from avr_runtime.services.pool import RetryPolicy, with_retries
+from avr_runtime.services.providers import wsclient
 from avr_runtime.services.providers.base import Listener, ProviderSession
 
 log = logging.getLogger(__name__)
@@ -33,85 +33,99 @@ def with_query(url: str, params: dict[str, Any]) -> str:
 
 
 class StsSession(ProviderSession):
-    def __init__(self, pool: HttpPool, url: str, call_uuid: str, listener: Listener, metadata: dict[str, Any]) -> None:
+    """One WebSocket per call. Caller audio is written synchronously from the AudioSocket read; provider messages
+    are handled in the connection's ``data_received``: no task per direction (see ``wsclient``)."""
+
+    def __init__(
+        self, policy: RetryPolicy, url: str, call_uuid: str, listener: Listener, metadata: dict[str, Any]
+    ) -> None:
         super().__init__()
-        self._pool = pool
+        self._policy = policy
         self._url = with_query(url, metadata)
         self._uuid = call_uuid
         self._listener = listener
         self._metadata = metadata
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._outbox: asyncio.Queue[str] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._conn: wsclient.WebSocketConnection | None = None
+        # what the caller says while the provider connects (bounded like a stalled connection's backlog)
+        self._early: deque[bytes] = deque(maxlen=SEND_QUEUE_FRAMES)
 
     async def start(self) -> None:
-        async def connect() -> aiohttp.ClientWebSocketResponse:
-            return await self._pool.session.ws_connect(
-                self._url, compress=0, autoping=True, heartbeat=None, max_msg_size=4 * 1024 * 1024
+        async def connect() -> wsclient.WebSocketConnection:
+            return await wsclient.connect(
+                self._url, self._on_message, backlog=SEND_QUEUE_FRAMES, on_drop=metrics.DROPPED_BACKPRESSURE.inc
             )
 
-        self._ws = await with_retries("sts", self._pool.policy, connect)
-        await self._ws.send_str(sts.encode_init(self._uuid, self._metadata or None))
-        self._tasks = [
-            asyncio.create_task(self._reader(), name=f"sts-read-{self._uuid}"),
-            asyncio.create_task(self._writer(), name=f"sts-write-{self._uuid}"),
-        ]
+        conn = await with_retries("sts", self._policy, connect)
+        self._conn = conn
+        try:
+            conn.send(sts.encode_init(self._uuid, self._metadata or None).encode())
+            while self._early:
+                conn.send(self._early.popleft())
+        except wsclient.WebSocketClosed:
+            pass  # seen below as the connection's end
+        conn.closed.add_done_callback(self._connection_closed)
+
+    def _send(self, message: bytes) -> None:
+        conn = self._conn
+        if conn is None:
+            if len(self._early) == SEND_QUEUE_FRAMES:
+                metrics.DROPPED_BACKPRESSURE.inc()
+            self._early.append(message)
+            return
+        try:
+            conn.send(message)
+        except wsclient.WebSocketClosed as exc:
+            self._fail_send(exc)
 
     def send_audio(self, pcm: bytes) -> None:
-        q = self._outbox
-        if q.qsize() >= SEND_QUEUE_FRAMES:
-            q.get_nowait()
-            metrics.DROPPED_BACKPRESSURE.inc()
-        q.put_nowait(sts.encode_audio(pcm))
+        self._send(sts.encode_audio_bytes(pcm))
 
     def send_dtmf(self, digit: str) -> None:
-        self._outbox.put_nowait(sts.encode_dtmf(digit))
+        self._send(sts.encode_dtmf(digit).encode())
 
-    async def _writer(self) -> None:
-        ws = self._ws
-        assert ws is not None
-        try:
-            while True:
-                await ws.send_str(await self._outbox.get())
-        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+    def _fail_send(self, exc: Exception) -> None:
+        if not self.ended.done():
             metrics.PROVIDER_ERRORS.labels("sts", "send").inc()
             self._end(f"provider_send_failed: {exc}")
 
-    async def _reader(self) -> None:
-        ws = self._ws
-        assert ws is not None
+    def _on_message(self, opcode: int, payload: bytes) -> None:
+        if opcode != websocket.TEXT:
+            return
+        try:
+            pcm = sts.audio_of(payload)
+            if pcm is not None:
+                self._listener.on_audio(pcm)
+                return
+            ev = sts.decode(payload)
+        except sts.MessageError as exc:
+            metrics.PROVIDER_ERRORS.labels("sts", "bad_message").inc()
+            log.warning("call %s: unreadable STS message: %s", self._uuid, exc)
+            return
         listener = self._listener
-        async for msg in ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                if msg.type is aiohttp.WSMsgType.ERROR:
-                    break
-                continue
-            try:
-                ev = sts.decode(msg.data)
-            except sts.MessageError as exc:
-                metrics.PROVIDER_ERRORS.labels("sts", "bad_message").inc()
-                log.warning("call %s: unreadable STS message: %s", self._uuid, exc)
-                continue
-            if type(ev) is sts.Audio:
-                listener.on_audio(ev.pcm)
-            elif isinstance(ev, sts.Interruption):
-                listener.on_interruption("provider")
-            elif isinstance(ev, sts.Transcript):
-                listener.on_transcript(ev.role, ev.text)
-            elif isinstance(ev, sts.ProviderError):
-                metrics.PROVIDER_ERRORS.labels("sts", "provider_error").inc()
-                log.warning("call %s: STS provider error: %s", self._uuid, ev.message)
-        if not self.ended.done():
-            metrics.PROVIDER_ERRORS.labels("sts", "closed").inc()
+        if type(ev) is sts.Audio:
+            listener.on_audio(ev.pcm)
+        elif isinstance(ev, sts.Interruption):
+            listener.on_interruption("provider")
+        elif isinstance(ev, sts.Transcript):
+            listener.on_transcript(ev.role, ev.text)
+        elif isinstance(ev, sts.ProviderError):
+            metrics.PROVIDER_ERRORS.labels("sts", "provider_error").inc()
+            log.warning("call %s: STS provider error: %s", self._uuid, ev.message)
+
+    def _connection_closed(self, closed: asyncio.Future[str]) -> None:
+        reason = closed.result()
+        if self.ended.done():
+            return
+        if reason.startswith("protocol_error"):
+            metrics.PROVIDER_ERRORS.labels("sts", "protocol_error").inc()
+            log.warning("call %s: STS provider broke the WebSocket protocol: %s", self._uuid, reason)
+            self._end(f"provider_{reason}")
+            return
+        metrics.PROVIDER_ERRORS.labels("sts", "closed").inc()
         self._end("provider_closed")
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._ws is not None:
+        self._end("closed")  # first, so the connection's end is not counted as the provider's
+        if self._conn is not None:
             with contextlib.suppress(Exception):
-                await self._ws.close()
-        self._end("closed")
+                await self._conn.close()
