@@ -7,9 +7,8 @@ raises :class:`ProtocolError`, which ends that one call.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 
 class Kind(IntEnum):
@@ -54,14 +53,17 @@ class ProtocolError(ValueError):
         self.frames: list[Frame] = []
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(NamedTuple):
+    """A tuple, not a frozen dataclass: built 50 times a second per call, and ~3x cheaper to create."""
+
     kind: Kind
     payload: bytes
 
 
 def _check(kind_byte: int, length: int) -> Kind:
     """Validate a header before its payload is buffered, so an absurd length is refused at once."""
+    if kind_byte == 0x10 and 0 < length <= MAX_AUDIO_PAYLOAD:  # nearly every frame
+        return Kind.AUDIO
     if kind_byte in HIGH_RATE_SLIN:
         raise ProtocolError(
             "unsupported_rate",
