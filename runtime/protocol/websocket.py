@@ -1,9 +1,10 @@
-"""RFC 6455 WebSocket, client side, pure: the opening handshake and the framing.
+"""RFC 6455 WebSocket, pure: the opening handshake and the framing, both sides.
 
 The STS provider leg carries two messages per call every 20 ms, so this path is hot: a general client (aiohttp's)
 spent ~60 % of the worker's CPU per frame on it, most of it in task wake-ups and generic framing. This module only
-builds and parses bytes; the connection that drives it is ``services/providers/wsclient.py``. No extensions are
-negotiated (no compression), so the reserved bits must be zero.
+builds and parses bytes; the worker's connection is ``services/providers/wsclient.py``, the reference echo
+provider's is ``reference/sts_server.py``. No extensions are negotiated (no compression), so the reserved bits must
+be zero.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import base64
 import hashlib
 import os
 import struct
+from dataclasses import dataclass
 from typing import Final
 
 GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -109,6 +111,65 @@ def parse_handshake_response(data: bytes, key: str) -> int | None:
     return end + 4
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """The head of an HTTP request, as a server reads it before deciding to upgrade."""
+
+    method: str
+    target: str
+    headers: dict[str, str]  # lower-case names
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    @property
+    def query(self) -> str:
+        return self.target.partition("?")[2]
+
+    @property
+    def wants_websocket(self) -> bool:
+        connection = [token.strip().lower() for token in self.headers.get("connection", "").split(",")]
+        return self.headers.get("upgrade", "").lower() == "websocket" and "upgrade" in connection
+
+
+def parse_request(data: bytes) -> tuple[Request, int] | None:
+    """An HTTP request head and its length, or None while incomplete; HandshakeError if it is not HTTP."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        if len(data) > MAX_HANDSHAKE:
+            raise HandshakeError(f"request head longer than {MAX_HANDSHAKE} bytes")
+        return None
+    request_line, *header_lines = data[:end].decode("latin-1").split("\r\n")
+    parts = request_line.split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise HandshakeError(f"not an HTTP/1.1 request: {request_line[:80]!r}")
+    headers: dict[str, str] = {}
+    for line in header_lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return Request(parts[0], parts[1], headers), end + 4
+
+
+def handshake_response(request: Request) -> bytes:
+    """The 101 answer to a valid upgrade request; HandshakeError names what is wrong with an invalid one."""
+    if request.method != "GET" or not request.wants_websocket:
+        raise HandshakeError("not a WebSocket upgrade request")
+    if request.headers.get("sec-websocket-version") != "13":
+        raise HandshakeError("only WebSocket version 13 is supported")
+    key = request.headers.get("sec-websocket-key", "")
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            raise ValueError
+    except ValueError:
+        raise HandshakeError("bad Sec-WebSocket-Key") from None
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept_for(key)}\r\n\r\n"
+    ).encode("latin-1")
+
+
 # --- framing ---
 
 
@@ -159,17 +220,19 @@ def close_payload(code: int, reason: str = "") -> bytes:
 
 
 class FrameParser:
-    """Incremental parser of server → client frames; yields whole messages and control frames.
+    """Incremental frame parser; yields whole messages and control frames.
 
     ``feed`` returns ``(opcode, payload)`` pairs: TEXT or BINARY with fragments joined, and CLOSE, PING, PONG as
-    they come. Server frames must not be masked; a message above ``max_message`` bytes is refused before it is
+    they come. A client reads server frames, which must not be masked; a server (``from_client``) reads client
+    frames, which must be, and gets them unmasked. A message above ``max_message`` bytes is refused before it is
     buffered (close code 1009).
     """
 
-    __slots__ = ("_buf", "_fragments", "_fragments_size", "_message_opcode", "max_message")
+    __slots__ = ("_buf", "_fragments", "_fragments_size", "_masked", "_message_opcode", "max_message")
 
-    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE, *, from_client: bool = False) -> None:
         self.max_message = max_message
+        self._masked = 0x80 if from_client else 0
         self._buf = b""
         self._message_opcode: int | None = None  # opcode of a fragmented message in progress
         self._fragments: list[bytes] = []
@@ -185,8 +248,8 @@ class FrameParser:
             b1 = buf[pos + 1]
             if b0 & 0x70:
                 raise WebSocketError("reserved bits set without a negotiated extension")
-            if b1 & 0x80:
-                raise WebSocketError("masked frame from the server")
+            if b1 & 0x80 != self._masked:
+                raise WebSocketError("unmasked frame from a client" if self._masked else "masked frame from the server")
             opcode = b0 & 0x0F
             length = b1 & 0x7F
             start = pos + 2
@@ -207,10 +270,13 @@ class FrameParser:
                 raise WebSocketError(f"unknown opcode {opcode:#x}")
             elif length + self._fragments_size > self.max_message:
                 raise WebSocketError(f"message above {self.max_message} bytes", TOO_BIG)
+            if self._masked:
+                key = buf[start : start + 4]
+                start += 4
             stop = start + length
             if stop > end:
                 break
-            payload = buf[start:stop]
+            payload = apply_mask(buf[start:stop], key) if self._masked else buf[start:stop]
             pos = stop
             # control frames, and the common case: a whole message in one frame
             if opcode >= CLOSE or (b0 & 0x80 and opcode and self._message_opcode is None):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from typing import Final
 
 import numpy as np
@@ -14,73 +13,40 @@ from aiohttp import WSMsgType, web
 from avr_runtime.audio import pcm
 from avr_runtime.audio.buffer import AnalysisWindows
 from avr_runtime.audio.vad import EnergyVad
-from avr_runtime.protocol import sts
+from avr_runtime.reference.echo import EchoSession, Stats
+from avr_runtime.reference.sts_server import StsServerProtocol
 
 log = logging.getLogger(__name__)
 
 KINDS: Final = ("sts", "asr", "llm", "tts")
 
 
-class Stats:
-    """Request counters, served on GET /stats so tests can see what reached the provider."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-
-    def __getitem__(self, key: str) -> int:
-        return self.counts[key]
-
-    def __setitem__(self, key: str, value: int) -> None:
-        self.counts[key] = value
-
-
 STATS: Final = web.AppKey("stats", Stats)
 OPTS: Final = web.AppKey("opts", dict[str, float])
-_AUDIO_PREFIX: Final = '{"type":"audio"'
 
 
 # --- STS: echo ---
 
 
 async def sts_echo(request: web.Request) -> web.StreamResponse:
-    """Echoes caller audio; DTMF ``*`` sends an interruption, ``#`` says goodbye and closes the session."""
-    stats, opts = request.app[STATS], request.app[OPTS]
-    delay = opts.get("delay_ms", 0.0) / 1000
+    """The echo STS on aiohttp, for a provider process serving several kinds on one port (``sts_server`` serves
+    STS alone)."""
+    delay = request.app[OPTS].get("delay_ms", 0.0) / 1000
     ws = web.WebSocketResponse(compress=False, max_msg_size=4 * 1024 * 1024)
     await ws.prepare(request)
-    stats["sts_sessions"] += 1
-    call_uuid = "?"
+    session = EchoSession(request.app[STATS], request.query_string)
     async for msg in ws:
         if msg.type is not WSMsgType.TEXT:
             continue
-        text = msg.data
-        if text.startswith(_AUDIO_PREFIX):  # hot path: the echo is the same message
-            stats["sts_audio"] += 1
-            if delay:
-                await asyncio.sleep(delay)
-            await ws.send_str(text)
-            continue
-        try:
-            message = sts.decode_client(text)
-        except sts.MessageError as exc:
-            await ws.send_str(sts.encode_event(sts.ProviderError(f"bad message: {exc}")))
-            continue
-        if isinstance(message, sts.Init):
-            call_uuid = message.uuid
-            stats["sts_init"] += 1
-            if request.query_string:
-                stats[f"sts_query:{request.query_string}"] += 1
-        elif isinstance(message, sts.Dtmf):
-            stats["sts_dtmf"] += 1
-            if message.digit == "*":
-                await ws.send_str(sts.encode_event(sts.Interruption()))
-            elif message.digit == "#":
-                await ws.send_str(sts.encode_event(sts.Transcript("agent", "Goodbye.")))
-                await ws.close()
-                break
-            else:
-                await ws.send_str(sts.encode_event(sts.Transcript("user", f"pressed {message.digit}")))
-    log.debug("sts session %s closed", call_uuid)
+        replies, close = session.on_text(msg.data.encode())
+        if delay and replies:
+            await asyncio.sleep(delay)
+        for reply in replies:
+            await ws.send_str(reply.decode())
+        if close:
+            await ws.close()
+            break
+    log.debug("sts session %s closed", session.call_uuid)
     return ws
 
 
@@ -209,9 +175,16 @@ def serve(kinds: tuple[str, ...], host: str, port: int, delay_ms: float = 0.0) -
     from avr_runtime.loop import new_event_loop  # noqa: PLC0415
 
     async def main() -> None:
-        runner = web.AppRunner(build_app(kinds, delay_ms), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host, port, backlog=1024).start()
+        if kinds == ("sts",):  # STS alone: the Protocol server, lean enough for the load benchmark
+            loop = asyncio.get_running_loop()
+            stats = Stats()
+            await loop.create_server(
+                lambda: StsServerProtocol(stats, delay_ms / 1000), host, port, backlog=1024, reuse_address=True
+            )
+        else:
+            runner = web.AppRunner(build_app(kinds, delay_ms), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, host, port, backlog=1024).start()
         log.info("reference provider %s listening on %s:%d", ",".join(kinds), host, port)
         await asyncio.Event().wait()
 

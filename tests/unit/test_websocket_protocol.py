@@ -171,3 +171,41 @@ def test_too_big_is_refused_from_the_header_before_buffering() -> None:
     parser.feed(server_frame(ws.TEXT, bytes(600), fin=False))
     with pytest.raises(ws.WebSocketError, match="above 1000"):
         parser.feed(server_frame(ws.CONTINUATION, bytes(600)))
+
+
+@pytest.mark.parametrize("n", [0, 5, 125, 126, 70_000])
+def test_server_side_reads_masked_client_frames(n: int) -> None:
+    payload = os.urandom(n)
+    stream = ws.encode_frame(ws.TEXT, payload, os.urandom(4)) + ws.encode_frame(ws.PING, b"x", os.urandom(4))
+    assert ws.FrameParser(from_client=True).feed(stream) == [(ws.TEXT, payload), (ws.PING, b"x")]
+    parser = ws.FrameParser(from_client=True)
+    got: list[tuple[int, bytes]] = []
+    for i in range(0, len(stream), 7):
+        got += parser.feed(stream[i : i + 7])
+    assert got == [(ws.TEXT, payload), (ws.PING, b"x")]
+    with pytest.raises(ws.WebSocketError, match="unmasked"):
+        ws.FrameParser(from_client=True).feed(ws.encode_frame(ws.TEXT, payload))
+
+
+def test_request_head_and_the_answer_a_client_accepts() -> None:
+    key = ws.new_key()
+    raw = ws.handshake_request("h:1", "/speech-to-speech?uuid=1", key) + b"frames"
+    assert ws.parse_request(raw[:10]) is None
+    parsed = ws.parse_request(raw)
+    assert parsed is not None
+    request, size = parsed
+    assert raw[size:] == b"frames"
+    assert (request.method, request.path, request.query, request.wants_websocket) == (
+        "GET",
+        "/speech-to-speech",
+        "uuid=1",
+        True,
+    )
+    answer = ws.handshake_response(request)
+    assert ws.parse_handshake_response(answer, key) == len(answer)
+    with pytest.raises(ws.HandshakeError, match="HTTP/1.1"):
+        ws.parse_request(b"GET /\r\n\r\n")
+    plain = ws.parse_request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert plain is not None and not plain[0].wants_websocket
+    with pytest.raises(ws.HandshakeError, match="not a WebSocket"):
+        ws.handshake_response(plain[0])
