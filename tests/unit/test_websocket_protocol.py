@@ -203,7 +203,7 @@ def test_request_head_and_the_answer_a_client_accepts() -> None:
     )
     answer = ws.handshake_response(request)
     assert ws.parse_handshake_response(answer, key) == len(answer)
-    with pytest.raises(ws.HandshakeError, match="HTTP/1.1"):
+    with pytest.raises(ws.HandshakeError, match=r"HTTP/1\.1"):
         ws.parse_request(b"GET /\r\n\r\n")
     plain = ws.parse_request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     assert plain is not None and not plain[0].wants_websocket
