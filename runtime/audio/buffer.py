@@ -23,7 +23,7 @@ class PlayoutBuffer:
     ``push`` returns how many frames the overflow policy discarded, so the caller can count them.
     """
 
-    __slots__ = ("_frames", "_partial", "capacity", "frame_bytes", "policy")
+    __slots__ = ("_frames", "_partial", "capacity", "frame_bytes", "partial_since", "policy")
 
     def __init__(self, frame_bytes: int, capacity: int, policy: Overflow = Overflow.DROP_OLDEST) -> None:
         if frame_bytes <= 0 or capacity <= 0:
@@ -33,15 +33,22 @@ class PlayoutBuffer:
         self.policy = policy
         self._frames: deque[tuple[bytes, float]] = deque()
         self._partial = b""
+        self.partial_since = 0.0  # arrival of the oldest audio in the partial frame (meaningful while there is one)
 
     def __len__(self) -> int:
         return len(self._frames)
+
+    @property
+    def has_partial(self) -> bool:
+        return bool(self._partial)
 
     def push(self, data: bytes, now: float = 0.0) -> int:
         if self._partial:
             data = self._partial + data
         n = self.frame_bytes
         whole = len(data) - len(data) % n
+        if whole < len(data) and (whole or not self._partial):
+            self.partial_since = now
         self._partial = data[whole:]
         dropped = 0
         frames = self._frames

@@ -9,7 +9,9 @@ provider so streamed audio waits about ``margin`` in the worker instead of up to
 - audio that is late for its slot by up to ``margin`` is still sent at once instead of a silence frame (grace);
 - a stream that keeps a steady backlog for a second (audio arriving in real time behind a stall or a late frame)
   drops that backlog, so one hiccup does not add latency for the rest of the call; replies generated faster than
-  real time (their backlog grows or drains) are never cut.
+  real time (their backlog grows or drains) are never cut;
+- the last part of a reply that does not fill a frame is padded with silence and played once it has waited a
+  period with nothing after it.
 """
 
 from __future__ import annotations
@@ -178,10 +180,14 @@ class Pacer:
             self._next = max(slot - self.margin + self.period, self._earliest)
             self._handle = self._call_at(self._next, self._tick)
             return
+        buffer = self.buffer
+        if not buffer and buffer.has_partial and now - buffer.partial_since >= self.period:
+            # the end of a reply that does not fill a whole frame: pad it rather than hold it until the next reply
+            buffer.flush_partial(buffer.partial_since)
         lateness = now - slot
         if lateness > LATE_AFTER and self._on_late:
             self._on_late()
-        if len(self.buffer) == 0 and self._talking and self.margin > 0:
+        if not buffer and self._talking and self.margin > 0:
             self._grace = True
             self._next = slot + self.margin
             self._handle = self._call_at(self._next, self._tick)

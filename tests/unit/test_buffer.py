@@ -165,3 +165,15 @@ def test_window_overlap_contents() -> None:
 def test_window_invalid_args(size: int, overlap: float) -> None:
     with pytest.raises(ValueError):
         AnalysisWindows(size, overlap)
+
+
+def test_partial_since_is_the_arrival_of_its_oldest_audio() -> None:
+    buf = PlayoutBuffer(4, capacity=10)
+    buf.push(b"ab", now=1.0)
+    assert buf.has_partial and buf.partial_since == 1.0
+    buf.push(b"c", now=2.0)  # still the same partial frame: its oldest audio arrived at 1.0
+    assert buf.partial_since == 1.0
+    buf.push(b"defg", now=3.0)  # "abcd" completes, "efg" is a new partial
+    assert buf.partial_since == 3.0 and len(buf) == 1
+    buf.push(b"h", now=4.0)
+    assert (len(buf), buf.has_partial) == (2, False)

@@ -192,3 +192,16 @@ async def test_stop_stops() -> None:
     assert len(rec.sent) == n
     pacer.stop()  # idempotent
     assert not pacer.running
+
+
+async def test_the_tail_of_a_reply_is_played_without_waiting_for_more_audio() -> None:
+    pacer, rec, buf = make()
+    pacer.start()
+    await asyncio.sleep(0.05)
+    push(pacer, buf, frame(7) + frame(8)[:100])  # one frame and a third
+    await asyncio.sleep(0.15)
+    pacer.stop()
+    audio = rec.audio()
+    assert [s.frame for s in audio] == [frame(7), frame(8)[:100] + bytes(220)]
+    assert not buf.has_partial
+    assert_min_spacing(rec, pacer)
