@@ -1,9 +1,9 @@
 """The echo STS provider on an asyncio Protocol: the load benchmark's provider must not be its bottleneck.
 
-On aiohttp the echo costs 1.4–1.6x more CPU per message (``bench/provider_echo.py``: a task wake-up per receive
-and per send), and with the load generator on the same core it saturated before the worker under test did. Here a message is parsed
-and echoed from ``data_received``. The same port answers ``GET /health`` and ``GET /stats`` like the aiohttp
-provider; WebSocket upgrades are accepted on ``/`` and ``/speech-to-speech``.
+On aiohttp the echo costs 1.4-1.6x more CPU per message (``bench/provider_echo.py``: a task wake-up per
+receive and per send), and with the load generator on the same core it saturated before the worker under test
+did. Here a message is parsed and echoed from ``data_received``. The same port answers ``GET /health`` and
+``GET /stats`` like the aiohttp provider; WebSocket upgrades are accepted on ``/`` and ``/speech-to-speech``.
 """
 
 from __future__ import annotations
