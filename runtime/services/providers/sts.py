@@ -75,7 +75,8 @@ class StsSession(ProviderSession):
         try:
             conn.send(message)
         except wsclient.WebSocketClosed as exc:
-            self._fail_send(exc)
+            if not conn.closed.done():  # else the connection's end decides the reason (see _connection_closed)
+                self._fail_send(exc)
 
     def send_audio(self, pcm: bytes) -> None:
         self._send(sts.encode_audio_bytes(pcm))
