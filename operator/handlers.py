@@ -23,6 +23,7 @@ from avr_operator.workqueue import GoneError, WorkQueue
 log = logging.getLogger(__name__)
 
 DEFAULT_RESYNC_SECONDS = 300.0
+IDLE_WORKER_SECONDS = 0.5
 
 CHILD_RESOURCES = (
     ("", "v1", "configmaps"),
@@ -54,6 +55,10 @@ def make_work(cluster: Cluster, children: ChildCache, bodies: BodyCache) -> Any:
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    # kopf keeps a worker task per object for this long after its last event (default 5 s). Creating hundreds
+    # of resources at once touches thousands of children within seconds: short-lived workers keep that burst,
+    # and the memory it leaves behind, small.
+    settings.queueing.idle_timeout = IDLE_WORKER_SECONDS
     settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"  # never used: no handler needs one
     cluster = memo.get("cluster") or KubeCluster.from_environment()
     memo["cluster"] = cluster

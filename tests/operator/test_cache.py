@@ -68,6 +68,22 @@ def test_only_content_or_reported_status_counts_as_a_change() -> None:
     assert cache.owned("u1") == [] and len(cache) == 0
 
 
+def test_entries_are_slim_and_share_common_strings() -> None:
+    cache = ChildCache(complete=True)
+    first, second = deployment("10", ready=1), deployment("11")
+    second["metadata"].update(name="demo-sts", uid="d2")
+    # Watch events decode fresh copies of every string: the cache keeps one of each shared value.
+    for obj in (first, second):
+        obj["metadata"]["namespace"] = "".join(["cal", "ls"])
+        obj["metadata"]["ownerReferences"] = [{**OWNER, "uid": "".join(["u", "1"])}]
+        cache.put(obj)
+    one, two = child_key(first), child_key(second)
+    assert one[2] is two[2] and one[1] is two[1]
+    a, b = cache.get(one), cache.get(two)
+    assert a is not None and b is not None and a.owner_uid is b.owner_uid
+    assert a.summary == status_summary(first) and isinstance(a.packed_summary, bytes)
+
+
 def test_verified_until_the_content_changes() -> None:
     cache = ChildCache(complete=True)
     key = child_key(deployment())

@@ -76,3 +76,13 @@ async def test_child_status_churn_does_not_trigger_a_reconcile() -> None:
     await deliver("MODIFIED", _child("3", 1, "t1"))  # became ready: the status must say so
     await deliver("DELETED", _child("4", 1, "t1"))
     assert queue.triggered == [("calls", "demo")] * 3
+
+
+async def test_kopf_keeps_no_per_object_memory() -> None:
+    from avr_operator.runner import memories  # noqa: PLC0415
+
+    kept = memories()
+    raw: Any = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"uid": "c1", "name": "x"}}
+    memory = await kept.recall(raw, memobase=kopf.Memo(queue="shared"), noticed_by_listing=True)
+    assert memory.memo["queue"] == "shared" and memory.noticed_by_listing  # what the event handler gets
+    assert list(kept.iter_all_memories()) == []  # and nothing stays once the event is handled

@@ -118,3 +118,29 @@ async def test_concurrency_is_bounded_across_resources() -> None:
     await asyncio.sleep(0.3)
     assert peak == 3 and queue.runs == 10
     await queue.stop()
+
+
+async def test_idle_resources_hold_no_task_and_runs_never_keep_the_triggering_context() -> None:
+    import contextvars  # noqa: PLC0415
+
+    event: contextvars.ContextVar[str] = contextvars.ContextVar("event")
+    seen: list[str] = []
+
+    async def work(namespace: str, name: str) -> float | None:
+        seen.append(event.get("none"))
+        return None
+
+    queue = WorkQueue(work, resync_seconds=60, debounce_seconds=0.0)
+
+    def handler(i: int) -> None:
+        event.set(f"event {i}")
+        queue.trigger("ns", f"r{i}")
+
+    before = len(asyncio.all_tasks())
+    for i in range(3):
+        # Each watch event runs its handler in a context of its own (kopf's holds the event's body).
+        contextvars.copy_context().run(handler, i)
+    await asyncio.sleep(0.1)
+    assert seen == ["event 0"] * 3  # the first trigger's context, never a later event's
+    assert len(asyncio.all_tasks()) == before  # waiting for the resync costs a timer, not a task
+    await queue.stop()
