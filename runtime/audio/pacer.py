@@ -7,9 +7,10 @@ provider so streamed audio waits about ``margin`` in the worker instead of up to
 - audio arriving into an empty buffer pulls the next slot earlier (at most ``max_slew`` per frame) until it waits
   only ``margin``;
 - audio that is late for its slot by up to ``margin`` is still sent at once instead of a silence frame (grace);
-- a stream that keeps a steady backlog for a second (audio arriving in real time behind a stall or a late frame)
-  drops that backlog, so one hiccup does not add latency for the rest of the call; replies generated faster than
-  real time (their backlog grows or drains) are never cut;
+- a stream that keeps a steady backlog (audio arriving in real time behind a late frame or a stall) loses it, so
+  one hiccup does not add latency for the rest of the call: up to three frames are drained by sending ``max_slew``
+  early (nothing is dropped), a larger one is dropped after a second; replies generated faster than real time
+  (their backlog grows or drains) are never touched;
 - the last part of a reply that does not fill a frame is padded with silence and played once it has waited a
   period with nothing after it.
 """
@@ -31,6 +32,8 @@ class _Cancellable(Protocol):
 LATE_AFTER: Final = 0.005
 TRIM_AFTER_TICKS: Final = 50
 STEADY_SPREAD: Final = 2
+DRAIN_AFTER_TICKS: Final = 5
+DRAIN_MAX_FRAMES: Final = 3
 
 
 def _not_started(when: float, callback: Callable[[], None]) -> _Cancellable:
@@ -44,6 +47,7 @@ class Pacer:
         "_backlog_ticks",
         "_call_at",
         "_clock",
+        "_draining",
         "_earliest",
         "_grace",
         "_handle",
@@ -92,6 +96,7 @@ class Pacer:
         self._grace = False
         self._backlog_ticks = 0
         self._backlog_min = self._backlog_max = 0
+        self._draining = False  # a small steady backlog: slots come max_slew early until it is gone
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -137,20 +142,25 @@ class Pacer:
             self._send(item[0], self._loop.time() - item[1])
             self._talking = True
             self._watch_backlog(len(self.buffer))
-        # keep the grid, unless this send was late: then the next one may come only max_slew early
+        # keep the grid (or run max_slew fast to drain a small backlog), unless this send was late: then the next
+        # one may come only max_slew early
         self._earliest = self._loop.time() + self.period - self.max_slew
-        self._next = max(anchor + self.period, self._earliest)
+        step = self.period - self.max_slew if self._draining else self.period
+        self._next = max(anchor + step, self._earliest)
         self._handle = self._call_at(self._next, self._tick)
 
     def _watch_backlog(self, backlog: int) -> None:
-        """Trim latency that a live stream can never drain by itself.
+        """Remove latency that a live stream can never drain by itself.
 
         A reply generated faster than real time (TTS) makes the backlog grow or drain; audio that arrives in real
         time after a stall or a late frame keeps a steady backlog for as long as the stream lasts. Only the second
-        kind is cut: after ``TRIM_AFTER_TICKS`` slots whose backlog stayed within ``STEADY_SPREAD`` frames.
+        kind is acted on, once its backlog has stayed within ``STEADY_SPREAD`` frames: up to ``DRAIN_MAX_FRAMES``
+        after ``DRAIN_AFTER_TICKS`` slots, by sending ``max_slew`` early until it is gone (nothing is lost; 3
+        frames take 30 slots); more than that after ``TRIM_AFTER_TICKS`` slots, by dropping it.
         """
         if backlog == 0:
             self._backlog_ticks = 0
+            self._draining = False
             return
         if self._backlog_ticks == 0:
             self._backlog_min = self._backlog_max = backlog
@@ -160,6 +170,9 @@ class Pacer:
         self._backlog_ticks += 1
         if self._backlog_max - self._backlog_min > STEADY_SPREAD:
             self._backlog_ticks = 0
+            self._draining = False
+        elif self._backlog_max <= DRAIN_MAX_FRAMES:
+            self._draining = self._backlog_ticks >= DRAIN_AFTER_TICKS
         elif self._backlog_ticks >= TRIM_AFTER_TICKS:
             for _ in range(self._backlog_min):
                 self.buffer.pop()

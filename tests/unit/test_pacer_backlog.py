@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from avr_runtime.audio.buffer import PlayoutBuffer
 from avr_runtime.audio.pacer import TRIM_AFTER_TICKS, Pacer
@@ -72,3 +73,40 @@ async def test_a_reply_streamed_slightly_faster_than_real_time_is_never_cut() ->
     run.pacer.stop()
     assert run.dropped == []
     assert [f for f in run.sent if any(f)] == [frame(i) for i in range(n)]
+
+
+async def test_one_late_frame_is_drained_by_slewing_without_dropping_anything() -> None:
+    """A live stream whose frames arrive in real time, one period behind after a late frame: the pacer catches up
+    by sending 2 ms early for a while, every frame is played, and the wait returns to the margin."""
+    loop = asyncio.get_running_loop()
+    waits: list[float] = []
+    times: list[float] = []
+    buf = PlayoutBuffer(320, capacity=1000)
+    sent: list[bytes] = []
+
+    def send(f: bytes, waited: float | None) -> None:
+        sent.append(f)
+        times.append(loop.time())
+        if waited is not None:
+            waits.append(waited)
+
+    dropped: list[int] = []
+    pacer = Pacer(buf, send, bytes(320), period=PERIOD, on_drop=dropped.append)
+    pacer.start()
+    start = loop.time() + 0.05
+    n = 80
+    for i in range(n):  # frame 0 comes with frame 1 (it was late): the stream runs one frame behind from then on
+        if i == 0:
+            continue
+        await asyncio.sleep(max(0.0, start + i * PERIOD - loop.time()))
+        was_empty = len(buf) == 0
+        buf.push(frame(i - 1) + frame(i) if i == 1 else frame(i), loop.time())
+        pacer.audio_arrived(was_empty)
+    await asyncio.sleep(0.1)
+    pacer.stop()
+    assert dropped == []
+    assert [f for f in sent if any(f)] == [frame(i) for i in range(n)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= PERIOD - pacer.max_slew - 0.001
+    assert max(waits[-20:]) < 0.012, "still a period behind at the end"
+    assert max(waits[:5]) > 0.015, "the late frame did make the stream wait"
