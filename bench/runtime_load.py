@@ -478,6 +478,18 @@ class PcmResult(Costs):
     measured: int
     silence: int
     lag_p99_ms: float
+    pacer_late: int | None = None  # worker only: its pacer's slots that fired > 5 ms late, in the window
+
+
+def pacer_late_total(http_port: int | None) -> int | None:
+    """The worker's ``avr_frames_late_total``: slots its own event loop fired late (None for the floor)."""
+    if http_port is None:
+        return None
+    with urllib.request.urlopen(f"http://{HOST}:{http_port}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("avr_frames_late_total "):
+                return int(float(line.split()[1]))
+    return None
 
 
 async def connect_pcm(server: Server, n: int, frames: int, window: Window) -> list[PcmCall]:
@@ -513,14 +525,20 @@ async def pcm_load(server: Server, load_pids: Sequence[int], n: int, warmup: flo
     window.open_after(t0, warmup, seconds)
     for i, call in enumerate(calls):
         call.start(t0 + i * PERIOD_NS // n)  # spread over one period: the calls do not tick in phase
+    await sleep_until_ns(window.start)
+    late_before = await asyncio.to_thread(pacer_late_total, server.http_port)
     usage = await measure_usage(server.proc.pid, load_pids, window)
+    late_after = await asyncio.to_thread(pacer_late_total, server.http_port)
     await sleep_until_ns(t0 + frames * PERIOD_NS + PERIOD_NS + int(TAIL_S * 1e9))
     for call in calls:
         call.hang_up()
     closing = [c.closed for c in calls if c.transport is not None]
     if closing:
         await asyncio.wait(closing, timeout=3)
-    return summarise_pcm(calls, usage, idle)
+    result = summarise_pcm(calls, usage, idle)
+    if late_before is not None and late_after is not None:
+        result.pacer_late = late_after - late_before
+    return result
 
 
 def summarise_pcm(calls: Sequence[PcmCall], usage: Usage, idle_rss: int) -> PcmResult:
@@ -907,6 +925,7 @@ def pcm_latency_table(rows: Sequence[tuple[int, PcmResult, PcmResult]]) -> str:
         "late % (w / f)",
         "lost (w / f) of measured",
         "silence slots (w)",
+        "pacer late slots (w)",
         "client send lag p99 ms (w / f)",
     )
     body = [
@@ -918,6 +937,7 @@ def pcm_latency_table(rows: Sequence[tuple[int, PcmResult, PcmResult]]) -> str:
             f"{w.late_pct():.2f} / {f.late_pct():.2f}",
             f"{w.lost} / {f.lost} of {w.measured}",
             str(w.silence),
+            "-" if w.pacer_late is None else str(w.pacer_late),
             f"{w.lag_p99_ms:.2f} / {f.lag_p99_ms:.2f}",
         )
         for n, w, f in rows
