@@ -1018,8 +1018,8 @@ def counts(text: str) -> list[int]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=counts, default=[50, 100, 200, 400, 500], help="PCM call counts")
-    parser.add_argument("--opus-calls", type=counts, default=[25, 50, 100], help="Opus stream call counts")
+    parser.add_argument("--calls", type=counts, default=[50, 100, 200, 300, 400, 500], help="PCM call counts")
+    parser.add_argument("--opus-calls", type=counts, default=[25, 50, 100, 125], help="Opus stream call counts")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per call")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds per call before measuring")
     parser.add_argument(
