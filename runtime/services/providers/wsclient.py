@@ -23,6 +23,7 @@ from avr_runtime.protocol import websocket as wire
 #: Messages held while the kernel's send buffer is full (the peer is not reading).
 DEFAULT_BACKLOG: Final = 50
 CLOSE_WAIT: Final = 1.0
+_MASKER: Final = wire.Masker()  # one key pool for every connection: they all run on the event loop's thread
 
 
 class WebSocketClosed(ConnectionError):
@@ -49,7 +50,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._on_message = on_message
         self._on_drop = on_drop
         self._parser = wire.FrameParser(max_message)
-        self._masker = wire.Masker()
+        self._masker = _MASKER
         self._handshake = b""
         self.transport: asyncio.Transport | None = None
         self.opened: asyncio.Future[None] = loop.create_future()
