@@ -306,6 +306,23 @@ class FrameParser:
     def buffered(self) -> int:
         return len(self._buf) + self._fragments_size
 
+    @property
+    def idle(self) -> bool:
+        """Between messages: nothing buffered, no fragmented message under way."""
+        return not self._buf and self._message_opcode is None
+
+
+def single_text_frame(data: bytes) -> bytes | None:
+    """The payload if ``data`` is exactly one final, unmasked text frame under 64 KiB, else None. Hot path: what
+    one read from an STS provider nearly always holds, recognised without the general parser."""
+    n = len(data)
+    if n < 2 or data[0] != 0x81:
+        return None
+    b1 = data[1]
+    if b1 == 126:
+        return data[4:] if n >= 4 and (data[2] << 8 | data[3]) == n - 4 else None
+    return data[2:] if b1 == n - 2 and b1 < 126 else None
+
 
 def parse_close(payload: bytes) -> tuple[int | None, str]:
     """Code and reason of a close frame (code None when the frame has no body)."""

@@ -20,6 +20,8 @@ from avr_runtime.services import metrics
 log = logging.getLogger(__name__)
 
 _ULAW_FRAME = 160  # 20 ms of 8-bit G.711: how AVR's core tells G.711 from slin (320 bytes)
+_SLIN_HEADER = bytes((Kind.AUDIO, 0x01, 0x40))  # audio, 320 bytes
+_SLIN_FRAME = 3 + 320
 
 
 class AudioSocketConnection(asyncio.Protocol):
@@ -32,6 +34,7 @@ class AudioSocketConnection(asyncio.Protocol):
         self.source = "?"
         self.law: str | None = None  # None = slin; "ulaw"/"alaw" once detected or configured
         self._format_known = False
+        self._slin = False  # a call exists and its audio is known to be slin: the fast path in data_received
         self._holds_slot = False
         self._paused = False
         self._closed = False
@@ -79,6 +82,10 @@ class AudioSocketConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
+        if data[:3] == _SLIN_HEADER and len(data) == _SLIN_FRAME and self._slin and not self.parser.pending:
+            # hot path: one read, one 20 ms slin frame of a call whose format is known
+            self.call.feed_audio(data[3:])  # type: ignore[union-attr]  # _slin implies a call
+            return
         try:
             try:
                 frames = self.parser.feed(data)
@@ -111,6 +118,7 @@ class AudioSocketConnection(asyncio.Protocol):
             except ValueError as exc:
                 raise ProtocolError("bad_uuid", str(exc)) from None
             self.call = Call(self.ctx, call_uuid, self, "audiosocket", self.source)
+            self._slin = self._format_known and self.law is None
             self.task = asyncio.ensure_future(self.call.run())
         elif kind is Kind.DTMF:
             if call is None:
@@ -131,6 +139,7 @@ class AudioSocketConnection(asyncio.Protocol):
 
     def _detect(self, payload: bytes) -> None:
         self._format_known = True
+        self._slin = len(payload) != _ULAW_FRAME
         if len(payload) == _ULAW_FRAME:
             self.law = g711.guess_law(payload)
             log.info("call %s: G.711 %s detected", self.call.uuid if self.call else "?", self.law)

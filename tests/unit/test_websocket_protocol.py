@@ -209,3 +209,30 @@ def test_request_head_and_the_answer_a_client_accepts() -> None:
     assert plain is not None and not plain[0].wants_websocket
     with pytest.raises(ws.HandshakeError, match="not a WebSocket"):
         ws.handshake_response(plain[0])
+
+
+def test_single_text_frame_recognises_exactly_one_whole_text_frame() -> None:
+    for n in (0, 1, 125, 126, 455, 65535):
+        payload = os.urandom(n)
+        frame = ws.encode_frame(ws.TEXT, payload)
+        assert ws.single_text_frame(frame) == payload
+        if n:
+            assert ws.single_text_frame(frame[:-1]) is None  # cut short
+        assert ws.single_text_frame(frame + frame) is None  # two frames: the general parser's job
+        assert ws.single_text_frame(ws.encode_frame(ws.BINARY, payload)) is None
+    assert ws.single_text_frame(ws.encode_frame(ws.TEXT, bytes(70_000))) is None  # 64-bit length
+    assert ws.single_text_frame(ws.encode_frame(ws.TEXT, b"x", os.urandom(4))) is None  # masked
+    assert ws.single_text_frame(server_frame(ws.TEXT, b"x", fin=False)) is None
+    assert ws.single_text_frame(b"\x81") is None
+
+
+def test_parser_is_idle_only_between_messages() -> None:
+    parser = ws.FrameParser()
+    states = [parser.idle]
+    parser.feed(server_frame(ws.TEXT, b"ab", fin=False))
+    states.append(parser.idle)  # a fragmented message is under way
+    parser.feed(server_frame(ws.CONTINUATION, b"c") + server_frame(ws.TEXT, b"xyz")[:2])
+    states.append(parser.idle)  # half a frame buffered
+    assert parser.feed(server_frame(ws.TEXT, b"xyz")[2:]) == [(ws.TEXT, b"xyz")]
+    states.append(parser.idle)
+    assert states == [True, False, False, True]

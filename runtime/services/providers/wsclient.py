@@ -71,6 +71,9 @@ class WebSocketConnection(asyncio.Protocol):
             data = self._read_handshake(data)
             if not data:
                 return
+        elif self._parser.idle and (payload := wire.single_text_frame(data)) is not None:
+            self._on_message(wire.TEXT, payload)
+            return
         try:
             messages = self._parser.feed(data)
         except wire.WebSocketError as exc:
