@@ -37,9 +37,6 @@ class SlotClock:
         self._per_second = 1.0 / resolution
         self._buckets: dict[int, list[Slot]] = {}
 
-    def time(self) -> float:
-        return self._loop.time()
-
     def call_at(self, when: float, callback: Callable[[], None]) -> Slot:
         key = math.ceil(when * self._per_second)
         slot = Slot(callback)

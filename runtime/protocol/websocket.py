@@ -79,36 +79,51 @@ def handshake_request(host: str, target: str, key: str, headers: dict[str, str] 
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+def _split_head(data: bytes, what: str) -> tuple[str, dict[str, str], int] | None:
+    """An HTTP head's first line, its headers (lower-case names) and its length; None while incomplete."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        if len(data) > MAX_HANDSHAKE:
+            raise HandshakeError(f"{what} longer than {MAX_HANDSHAKE} bytes")
+        return None
+    first, *lines = data[:end].decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return first, headers, end + 4
+
+
+def _upgrades(headers: dict[str, str]) -> bool:
+    """``Upgrade: websocket`` with ``upgrade`` among the Connection tokens."""
+    connection = [token.strip().lower() for token in headers.get("connection", "").split(",")]
+    return headers.get("upgrade", "").lower() == "websocket" and "upgrade" in connection
+
+
 def parse_handshake_response(data: bytes, key: str) -> int | None:
     """Check the server's answer; returns the length of the header block, or None while it is incomplete.
 
     Raises HandshakeError for anything but a valid ``101 Switching Protocols`` for ``key``.
     """
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        if len(data) > MAX_HANDSHAKE:
-            raise HandshakeError(f"handshake response longer than {MAX_HANDSHAKE} bytes")
+    head = _split_head(data, "handshake response")
+    if head is None:
         return None
-    status_line, *header_lines = data[:end].decode("latin-1").split("\r\n")
+    status_line, headers, size = head
     parts = status_line.split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
         raise HandshakeError(f"not an HTTP response: {status_line[:80]!r}")
     if parts[1] != "101":
         raise HandshakeError(f"server answered {' '.join(parts[1:])[:80]!r} instead of 101 Switching Protocols")
-    headers: dict[str, str] = {}
-    for line in header_lines:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
     if headers.get("upgrade", "").lower() != "websocket":
         raise HandshakeError("response lacks 'Upgrade: websocket'")
-    if "upgrade" not in [token.strip().lower() for token in headers.get("connection", "").split(",")]:
+    if not _upgrades(headers):
         raise HandshakeError("response lacks 'Connection: Upgrade'")
     if headers.get("sec-websocket-accept") != accept_for(key):
         raise HandshakeError("wrong Sec-WebSocket-Accept")
     if headers.get("sec-websocket-extensions"):
         raise HandshakeError("server chose an extension that was not offered")
-    return end + 4
+    return size
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,27 +144,19 @@ class Request:
 
     @property
     def wants_websocket(self) -> bool:
-        connection = [token.strip().lower() for token in self.headers.get("connection", "").split(",")]
-        return self.headers.get("upgrade", "").lower() == "websocket" and "upgrade" in connection
+        return _upgrades(self.headers)
 
 
 def parse_request(data: bytes) -> tuple[Request, int] | None:
     """An HTTP request head and its length, or None while incomplete; HandshakeError if it is not HTTP."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        if len(data) > MAX_HANDSHAKE:
-            raise HandshakeError(f"request head longer than {MAX_HANDSHAKE} bytes")
+    head = _split_head(data, "request head")
+    if head is None:
         return None
-    request_line, *header_lines = data[:end].decode("latin-1").split("\r\n")
+    request_line, headers, size = head
     parts = request_line.split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         raise HandshakeError(f"not an HTTP/1.1 request: {request_line[:80]!r}")
-    headers: dict[str, str] = {}
-    for line in header_lines:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return Request(parts[0], parts[1], headers), end + 4
+    return Request(parts[0], parts[1], headers), size
 
 
 def handshake_response(request: Request) -> bytes:
