@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Sequence
 
+from avr_runtime.cli import free_port, wait_http
 from avr_runtime.loop import new_event_loop
 from avr_runtime.protocol import sts
 from avr_runtime.services.providers import wsclient
@@ -28,28 +26,10 @@ from avr_runtime.services.providers import wsclient
 HOST = "127.0.0.1"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_healthy(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("provider did not start")
 
 
 async def drive(port: int, sessions: int, seconds: float, pid: int) -> tuple[float, int]:
@@ -83,7 +63,7 @@ def measure(kinds: str, sessions: int, seconds: float) -> float:
     cmd = [sys.executable, "-P", "-m", "avr_runtime", "provider", kinds, "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_healthy(port)
+        wait_http(f"http://{HOST}:{port}/health", timeout=20)
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             used, echoed = runner.run(drive(port, sessions, seconds, proc.pid))
     finally:
