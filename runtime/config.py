@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     playout_max_ms: int = Field(30_000, ge=100, le=600_000)
     playout_overflow: Overflow = Overflow.DROP_OLDEST
     playout_margin_ms: float = Field(4.0, ge=0.0, le=20.0)
+    fast_path: bool = Field(
+        True, description="Relay steady-state STS calls (slin AudioSocket, ws:// provider) in the compiled data plane."
+    )
 
     # cache, limits
     cache_max_size: int = Field(1000, ge=0)

@@ -109,6 +109,14 @@ class Pacer:
             self._handle.cancel()
             self._handle = None
 
+    def idle_slot(self) -> tuple[float, float] | None:
+        """(next slot, earliest allowed slot) while running with nothing queued or in play, else None: the state
+        in which another pacer can take over the grid without a gap or a burst."""
+        buffer = self.buffer
+        if self._handle is None or self._grace or self._talking or self._draining or buffer or buffer.has_partial:
+            return None
+        return self._next, self._earliest
+
     @property
     def running(self) -> bool:
         return self._handle is not None

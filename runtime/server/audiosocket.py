@@ -16,6 +16,7 @@ from avr_runtime.protocol.audiosocket import ErrorCode, Kind, ProtocolError
 from avr_runtime.server.call import Call
 from avr_runtime.server.context import WorkerContext
 from avr_runtime.services import metrics
+from avr_runtime.services.providers.sts import StsSession
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class AudioSocketConnection(asyncio.Protocol):
         self.law: str | None = None  # None = slin; "ulaw"/"alaw" once detected or configured
         self._format_known = False
         self._slin = False  # a call exists and its audio is known to be slin: the fast path in data_received
+        self._relay_wanted = False  # the call may move to the C relay once its provider is connected
         self._holds_slot = False
         self._paused = False
         self._closed = False
@@ -85,6 +87,8 @@ class AudioSocketConnection(asyncio.Protocol):
         if data[:3] == _SLIN_HEADER and len(data) == _SLIN_FRAME and self._slin and not self.parser.pending:
             # hot path: one read, one 20 ms slin frame of a call whose format is known
             self.call.feed_audio(data[3:])  # type: ignore[union-attr]  # _slin implies a call
+            if self._relay_wanted:
+                self._try_relay()
             return
         try:
             try:
@@ -119,6 +123,7 @@ class AudioSocketConnection(asyncio.Protocol):
                 raise ProtocolError("bad_uuid", str(exc)) from None
             self.call = Call(self.ctx, call_uuid, self, "audiosocket", self.source)
             self._slin = self._format_known and self.law is None
+            self._relay_wanted = self.ctx.relays is not None and isinstance(self.call.session, StsSession)
             self.task = asyncio.ensure_future(self.call.run())
         elif kind is Kind.DTMF:
             if call is None:
@@ -140,6 +145,7 @@ class AudioSocketConnection(asyncio.Protocol):
     def _detect(self, payload: bytes) -> None:
         self._format_known = True
         self._slin = len(payload) != _ULAW_FRAME
+        self._relay_wanted = self._relay_wanted and self._slin
         if len(payload) == _ULAW_FRAME:
             self.law = g711.guess_law(payload)
             log.info("call %s: G.711 %s detected", self.call.uuid if self.call else "?", self.law)
@@ -172,6 +178,45 @@ class AudioSocketConnection(asyncio.Protocol):
             self.call.end("disconnected")
         else:
             self._release()
+
+    # --- the C relay (server/relay.py) ---
+
+    def _try_relay(self) -> None:
+        call, relays = self.call, self.ctx.relays
+        assert call is not None and relays is not None
+        session = call.session
+        if not isinstance(session, StsSession) or session.ended.done():
+            self._relay_wanted = False
+            return
+        conn = session.connection
+        if conn is None:
+            return  # still connecting
+        if conn.transport is not None and conn.transport.get_extra_info("sslcontext") is not None:
+            self._relay_wanted = False  # wss: stays in Python
+            return
+        try:
+            if relays.take_over(self, conn, call):
+                self._relay_wanted = False
+        except OSError as exc:
+            log.warning("call %s: not relayed: %s", call.uuid, exc, extra={"uuid": call.uuid})
+            self._relay_wanted = False
+
+    def detachable(self) -> bool:
+        """A slin call between frames, nothing unsent, not closing."""
+        transport = self.transport
+        return (
+            self._slin
+            and not self._closed
+            and not self._paused
+            and not self.parser.pending
+            and transport is not None
+            and not transport.is_closing()
+        )
+
+    def relayed(self, transport: asyncio.Transport) -> None:
+        """From now on the relay reads the socket and calls ``data_received`` with what is not slin audio."""
+        self.transport = transport
+        self._slin = False  # audio reaching data_received now is what the relay refused: the general parser
 
     # --- flow control from the kernel socket buffer ---
 

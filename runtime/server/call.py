@@ -63,6 +63,7 @@ class Call:
         self._ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._started = time.monotonic()
         self._frames_in = 0
+        self._relay: Any = None  # the C relay's Relay once the call runs there (server/relay.py)
         # local barge-in detection: the HTTP chain has no provider-side VAD
         self._vad: EnergyVad | None = None
         self._windows: AnalysisWindows | None = None
@@ -102,6 +103,9 @@ class Call:
     # --- from the provider (Listener) ---
 
     def on_audio(self, data: bytes) -> None:
+        if self._relay is not None:
+            self._relay.push(data)
+            return
         was_empty = not self.playout
         dropped = self.playout.push(data, time.monotonic())
         if dropped:
@@ -109,7 +113,7 @@ class Call:
         self.pacer.audio_arrived(was_empty)
 
     def on_interruption(self, source: str) -> None:
-        cleared = self.playout.clear()
+        cleared = self._relay.clear() if self._relay is not None else self.playout.clear()
         if cleared:
             metrics.DROPPED_BARGEIN.inc(cleared)
         metrics.INTERRUPTIONS.labels(source).inc()
@@ -122,6 +126,10 @@ class Call:
 
     def on_turn_latency(self, seconds: float) -> None:
         metrics.TURN_LATENCY.observe(seconds)
+
+    def relayed(self, relay: Any) -> None:
+        """The call's audio now flows in the C relay, which has taken over the pacer's grid."""
+        self._relay = relay
 
     # --- out ---
 
@@ -182,6 +190,8 @@ class Call:
                     failed = reason != "provider_closed"  # a provider that says goodbye is not a failure
         finally:
             self.pacer.stop()
+            if self._relay is not None:
+                self._relay.stop()
             if self.session is not None:
                 with contextlib.suppress(Exception):
                     await self.session.close()
@@ -196,7 +206,7 @@ class Call:
                     "leg": self.leg_name,
                     "reason": reason,
                     "duration_s": round(duration, 3),
-                    "frames_in": self._frames_in,
+                    "frames_in": self._frames_in + (self._relay.frames_in if self._relay is not None else 0),
                 },
             )
             ctx.emit(self.uuid, "call_ended", {"reason": reason, "duration": round(duration, 3)})

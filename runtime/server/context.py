@@ -11,6 +11,9 @@ from cachetools import TTLCache
 
 from avr_runtime.audio.clock import SlotClock
 from avr_runtime.config import Settings
+from avr_runtime.protocol import websocket
+from avr_runtime.server import relay
+from avr_runtime.server.relay import Relays
 from avr_runtime.services import metrics
 from avr_runtime.services.cache import TtsCache
 from avr_runtime.services.limiter import CallSlots, RateLimiter
@@ -37,6 +40,7 @@ class WorkerContext:
     metadata: TTLCache[str, dict[str, Any]]
     clock: SlotClock  # shared by every call's pacer
     webhooks: WebhookSender | None = None
+    relays: Relays | None = None  # the C data plane, when built and enabled
     asr: HttpPool | None = None
     llm: HttpPool | None = None
     tts: TtsClient | None = None
@@ -73,6 +77,8 @@ class WorkerContext:
             ctx.asr = HttpPool("asr", size, policy, limited=False)
             ctx.llm = HttpPool("llm", size, policy)
             ctx.tts = TtsClient(HttpPool("tts", size, policy), settings.tts_url, settings.tts_voice, ctx.cache)
+        if settings.fast_path and relay.AVAILABLE and settings.sts_url and settings.sts_url.startswith("ws://"):
+            ctx.relays = Relays(asyncio.get_running_loop(), websocket.DEFAULT_MAX_MESSAGE)
         if settings.webhook_url:
             secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
             ctx.webhooks = WebhookSender(settings.webhook_url, secret, settings.webhook_timeout, settings.webhook_retry)
@@ -109,7 +115,14 @@ class WorkerContext:
         metrics.READY.set(1 if self.ready else 0)
         metrics.ACTIVE_CALLS.set(self.slots.active)
 
+    def sync_metrics(self) -> None:
+        if self.relays is not None:
+            self.relays.sync_metrics()
+
     async def close(self) -> None:
+        if self.relays is not None:
+            self.relays.close()
+            self.relays = None
         if self.webhooks is not None:
             await self.webhooks.close()
         for pool in (self.asr, self.llm, self.tts.pool if self.tts else None):

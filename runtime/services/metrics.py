@@ -32,6 +32,9 @@ CALLS_REFUSED: Final = Counter("avr_calls_refused_total", "New calls refused, by
 PROTOCOL_ERRORS: Final = Counter(
     "avr_protocol_errors_total", "Malformed input that ended a call, by reason.", ["leg", "reason"]
 )
+CALLS_RELAYED: Final = Counter(
+    "avr_calls_relayed_total", "Calls whose audio moved to the compiled data plane once in their steady state."
+)
 RATE_LIMITED: Final = Counter("avr_rate_limited_total", "Requests or calls refused by the rate limiter.", ["scope"])
 
 
@@ -56,6 +59,18 @@ class LoopHistogram(Collector):
     def observe(self, value: float) -> None:
         self._counts[bisect_left(self._bounds, value)] += 1
         self._sum += value
+
+    @property
+    def bounds(self) -> list[float]:
+        return list(self._bounds)
+
+    def merge(self, counts: Sequence[int], total: float) -> None:
+        """Add observations counted elsewhere (the C relay) with the same bounds: one count per bucket + the sum."""
+        if len(counts) != len(self._counts):
+            raise ValueError(f"expected {len(self._counts)} bucket counts, got {len(counts)}")
+        for i, count in enumerate(counts):
+            self._counts[i] += count
+        self._sum += total
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         cumulative, total = [], 0

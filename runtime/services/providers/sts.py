@@ -65,6 +65,11 @@ class StsSession(ProviderSession):
             pass  # seen below as the connection's end
         conn.closed.add_done_callback(self._connection_closed)
 
+    @property
+    def connection(self) -> wsclient.WebSocketConnection | None:
+        """The provider connection once it is open and the greeting has been sent."""
+        return self._conn
+
     def _send(self, message: bytes) -> None:
         conn = self._conn
         if conn is None:

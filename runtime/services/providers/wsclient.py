@@ -132,6 +132,27 @@ class WebSocketConnection(asyncio.Protocol):
         while pending and not self._paused and transport is not None:
             transport.write(pending.popleft())
 
+    # --- handing the socket to the C relay (server/relay.py) ---
+
+    def detachable(self) -> bool:
+        """Open, plain TCP, between messages, nothing held back."""
+        transport = self.transport
+        return (
+            self._open
+            and not self._close_sent
+            and not self._paused
+            and not self._pending
+            and self._parser.idle
+            and transport is not None
+            and not transport.is_closing()
+            and transport.get_extra_info("sslcontext") is None
+            and not self.closed.done()
+        )
+
+    def relayed(self, transport: asyncio.Transport) -> None:
+        """From now on the relay reads the socket (and calls ``data_received`` with what it does not handle)."""
+        self.transport = transport
+
     # --- sending ---
 
     def send(self, payload: bytes, opcode: int = wire.TEXT) -> None:

@@ -1,0 +1,159 @@
+"""The call data plane in C, for calls in their steady state (``_relay.c`` says why and what it does).
+
+A call is handed over when its AudioSocket audio is slin, its provider is STS over plain ``ws://``, both
+connections sit at a frame boundary with nothing waiting to be written, and nothing is queued to play. From then
+on the engine owns both sockets: caller audio goes to the provider and provider audio is paced to the caller in
+C. The Python protocol objects stay in charge of everything else (DTMF, hang-ups, provider events, pings, the
+close handshake, protocol errors): the engine hands them those bytes, and their writes go through a
+``RelayTransport``. Without the compiled module (no C compiler at install time) calls stay in Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import TYPE_CHECKING, Any, Final
+
+from avr_runtime.audio.buffer import Overflow
+from avr_runtime.services import metrics
+
+try:
+    from avr_runtime.server import _relay
+except ImportError:  # built without a C compiler
+    _relay = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from avr_runtime.server.audiosocket import AudioSocketConnection
+    from avr_runtime.server.call import Call
+    from avr_runtime.services.providers.wsclient import WebSocketConnection
+
+log = logging.getLogger(__name__)
+
+AVAILABLE: Final = _relay is not None
+AS: Final = 0  # the AudioSocket side of a relay
+WS: Final = 1  # the provider WebSocket side
+
+
+class _Detached(asyncio.Protocol):
+    """What the event loop's own transport reports to once its socket has moved to the engine."""
+
+
+class RelayTransport(asyncio.Transport):
+    """A leg's transport after the handover: writes are queued behind the engine's own, in order."""
+
+    def __init__(self, relay: Any, side: int, protocol: asyncio.BaseProtocol, extra: dict[str, Any]) -> None:
+        super().__init__(extra)
+        self._relay = relay
+        self._side = side
+        self._protocol = protocol
+        self._closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._relay.write(self._side, bytes(data))
+
+    def is_closing(self) -> bool:
+        return self._closing or not self._relay.is_open(self._side)
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self._relay.close(self._side):  # else the engine saw the end first and has reported it
+            asyncio.get_running_loop().call_soon(self._protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def get_write_buffer_size(self) -> int:
+        return int(self._relay.buffered(self._side))
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+
+def _detach(transport: asyncio.Transport) -> tuple[int, dict[str, Any]]:
+    """A duplicate of the transport's socket, then the transport closed: the connection itself stays up."""
+    sock = transport.get_extra_info("socket")
+    extra = {name: transport.get_extra_info(name) for name in ("peername", "sockname")}
+    fd = os.dup(sock.fileno())
+    transport.set_protocol(_Detached())
+    transport.abort()
+    return fd, extra
+
+
+class Relays:
+    """The worker's engine: one descriptor on the event loop for every relayed call."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_message: int) -> None:
+        if _relay is None:
+            raise RuntimeError("the compiled relay module is not installed")
+        self._loop = loop
+        self.engine = _relay.Engine(metrics.FRAME_LATENCY.bounds, max_message)
+        loop.add_reader(self.engine.fileno(), self.engine.run)
+        self.handed_over = 0
+
+    def take_over(self, leg: AudioSocketConnection, conn: WebSocketConnection, call: Call) -> bool:
+        """Move the call into the engine if it is at a clean point now; False to try again on a later frame."""
+        as_transport, ws_transport = leg.transport, conn.transport
+        if as_transport is None or ws_transport is None or not leg.detachable() or not conn.detachable():
+            return False
+        if as_transport.get_write_buffer_size() or ws_transport.get_write_buffer_size():
+            return False
+        slot = call.pacer.idle_slot()
+        if slot is None:
+            return False
+        pacer, playout = call.pacer, call.playout
+        as_fd, as_extra = _detach(as_transport)
+        ws_fd, ws_extra = _detach(ws_transport)
+        try:
+            relay = self.engine.add(
+                as_fd,
+                ws_fd,
+                leg,
+                conn,
+                next_slot=slot[0],
+                earliest=slot[1],
+                capacity=playout.capacity,
+                drop_newest=playout.policy is Overflow.DROP_NEWEST,
+                period=pacer.period,
+                margin=pacer.margin,
+                max_slew=pacer.max_slew,
+            )
+        except OSError:
+            for fd in (as_fd, ws_fd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise
+        pacer.stop()
+        leg.relayed(RelayTransport(relay, AS, leg, as_extra))
+        conn.relayed(RelayTransport(relay, WS, conn, ws_extra))
+        call.relayed(relay)
+        self.handed_over += 1
+        metrics.CALLS_RELAYED.inc()
+        return True
+
+    def sync_metrics(self) -> None:
+        """Add what the engine counted since the last scrape to the Prometheus metrics."""
+        got = self.engine.take()
+        for name, metric in (
+            ("out_audio", metrics.FRAMES_OUT_AUDIO),
+            ("out_silence", metrics.FRAMES_OUT_SILENCE),
+            ("late", metrics.FRAMES_LATE),
+            ("dropped_latency", metrics.FRAMES_DROPPED.labels("latency")),
+            ("dropped_overflow", metrics.DROPPED_OVERFLOW),
+            ("dropped_backpressure", metrics.DROPPED_BACKPRESSURE),
+        ):
+            if got[name]:
+                metric.inc(got[name])
+        metrics.FRAME_LATENCY.merge(got["latency"], got["latency_sum"])
+
+    @property
+    def active(self) -> int:
+        return int(self.engine.active())
+
+    def close(self) -> None:
+        self.sync_metrics()
+        self._loop.remove_reader(self.engine.fileno())
+        self.engine.close()
