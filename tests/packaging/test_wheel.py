@@ -28,7 +28,7 @@ import yaml
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "README.md", "runtime", "operator", "cluster")  # what the Dockerfile copies
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "runtime", "operator", "cluster")  # what the Dockerfile copies
 PACKAGES = {"avr_runtime", "avr_operator", "avr_devcluster"}
 ENTRY_POINTS = {"avr-runtime", "avr-operator", "avr-devcluster"}
 
@@ -80,7 +80,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     src, dist, venv, workdir = base / "src", base / "dist", base / "venv", base / "work"
     src.mkdir()
     workdir.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "*.egg-info", "build")
     for name in SOURCES:
         path = ROOT / name
         if path.is_dir():
@@ -109,8 +109,18 @@ def test_wheel_contents(installed: Installed) -> None:
     for package in PACKAGES:
         assert f"{package}/py.typed" in names
     assert "avr_operator/cli.py" in names and "avr_runtime/cli.py" in names
+    # the compiled data plane is built from source with the wheel, and its types ship with it
+    assert any(n.startswith("avr_runtime/server/_relay.") and n.endswith(".so") for n in names), names
+    assert "avr_runtime/server/_relay.pyi" in names
     for script in ENTRY_POINTS:
         assert f"{script} = " in scripts
+
+
+def test_compiled_relay_imports(installed: Installed) -> None:
+    code = "from avr_runtime.server import relay; print(relay.AVAILABLE)"
+    result = installed.run(str(installed.bin / "python"), "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
 
 
 def test_operator_module_is_the_standard_library(installed: Installed) -> None:
