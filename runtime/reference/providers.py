@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Final
 
@@ -186,6 +187,7 @@ def serve(kinds: tuple[str, ...], host: str, port: int, delay_ms: float = 0.0) -
             await runner.setup()
             await web.TCPSite(runner, host, port, backlog=1024).start()
         log.info("reference provider %s listening on %s:%d", ",".join(kinds), host, port)
+        gc.freeze()  # as the worker: the start-up heap stays out of every later collection (a pause under load)
         await asyncio.Event().wait()
 
     with asyncio.Runner(loop_factory=new_event_loop) as r:
