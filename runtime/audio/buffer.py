@@ -68,6 +68,10 @@ class PlayoutBuffer:
         data, self._partial = self._partial, b""
         return self.push(data + bytes(self.frame_bytes - len(data)), now)
 
+    def snapshot(self) -> tuple[list[tuple[bytes, float]], bytes, float]:
+        """Queued frames with their arrival times, the partial frame and its arrival (to hand the queue over)."""
+        return list(self._frames), self._partial, self.partial_since
+
     def pop(self) -> tuple[bytes, float] | None:
         """The oldest frame and its arrival time."""
         return self._frames.popleft() if self._frames else None

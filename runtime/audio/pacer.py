@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from avr_runtime.audio.buffer import PlayoutBuffer
 from avr_runtime.audio.clock import SlotClock
@@ -34,6 +34,17 @@ TRIM_AFTER_TICKS: Final = 50
 STEADY_SPREAD: Final = 2
 DRAIN_AFTER_TICKS: Final = 5
 DRAIN_MAX_FRAMES: Final = 3
+
+
+class PacerState(NamedTuple):
+    next_slot: float
+    earliest: float
+    talking: bool
+    grace: bool
+    draining: bool
+    backlog_ticks: int
+    backlog_min: int
+    backlog_max: int
 
 
 def _not_started(when: float, callback: Callable[[], None]) -> _Cancellable:
@@ -109,13 +120,21 @@ class Pacer:
             self._handle.cancel()
             self._handle = None
 
-    def idle_slot(self) -> tuple[float, float] | None:
-        """(next slot, earliest allowed slot) while running with nothing queued or in play, else None: the state
-        in which another pacer can take over the grid without a gap or a burst."""
-        buffer = self.buffer
-        if self._handle is None or self._grace or self._talking or self._draining or buffer or buffer.has_partial:
+    def snapshot(self) -> PacerState | None:
+        """Everything another pacer needs to carry on this one's grid without a gap or a burst (None when
+        stopped). The slot times are on the event loop's clock, which is the monotonic clock."""
+        if self._handle is None:
             return None
-        return self._next, self._earliest
+        return PacerState(
+            self._next,
+            self._earliest,
+            self._talking,
+            self._grace,
+            self._draining,
+            self._backlog_ticks,
+            self._backlog_min,
+            self._backlog_max,
+        )
 
     @property
     def running(self) -> bool:

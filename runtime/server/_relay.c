@@ -482,12 +482,18 @@ static void forward_audio(Relay *r, const uint8_t *pcm, size_t n) {
     uint8_t key[4];
     mask_key(r->engine, key);
     for (size_t i = 0; i < len; i++) p[i] ^= key[i & 3];
-    frame[0] = 0x81;
-    frame[1] = 0x80 | 126;
-    frame[2] = (uint8_t)(len >> 8);
-    frame[3] = (uint8_t)len;
+    /* the length in as few bytes as it takes (RFC 6455 5.2): 7 bits up to 72 bytes of audio, else 16 */
+    uint8_t *h = len < 126 ? frame + 2 : frame;
+    h[0] = 0x81;
+    if (len < 126) {
+        h[1] = (uint8_t)(0x80 | len);
+    } else {
+        h[1] = 0x80 | 126;
+        h[2] = (uint8_t)(len >> 8);
+        h[3] = (uint8_t)len;
+    }
     memcpy(frame + 4, key, 4);
-    if (side_write(ws, frame, 8 + len, 1) && !ws->err && ws->fd >= 0) r->engine->dropped_backpressure++;
+    if (side_write(ws, h, (size_t)(p + len - h), 1) && !ws->err && ws->fd >= 0) r->engine->dropped_backpressure++;
 }
 
 /* ---------------------------------------------------------------- handing bytes to Python */
@@ -786,13 +792,16 @@ static int side_init(Engine *e, Relay *r, int which, int fd, PyObject *protocol,
 }
 
 static PyObject *Engine_add(Engine *e, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"as_fd", "ws_fd", "as_protocol", "ws_protocol", "next_slot", "earliest", "capacity",
-                             "drop_newest", "period", "margin", "max_slew", NULL};
-    int as_fd, ws_fd, capacity, drop_newest;
+    static char *kwlist[] = {"as_fd",   "ws_fd",         "as_protocol", "ws_protocol", "next_slot",   "earliest",
+                             "capacity", "drop_newest",  "period",      "margin",      "max_slew",    "talking",
+                             "grace",    "draining",     "backlog_ticks", "backlog_min", "backlog_max", NULL};
+    int as_fd, ws_fd, capacity, drop_newest, talking = 0, grace = 0, draining = 0;
+    int backlog_ticks = 0, backlog_min = 0, backlog_max = 0;
     PyObject *as_proto, *ws_proto;
     double next, earliest, period, margin, max_slew;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOOddipddd", kwlist, &as_fd, &ws_fd, &as_proto, &ws_proto, &next,
-                                     &earliest, &capacity, &drop_newest, &period, &margin, &max_slew))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOOddipddd|pppiii", kwlist, &as_fd, &ws_fd, &as_proto, &ws_proto,
+                                     &next, &earliest, &capacity, &drop_newest, &period, &margin, &max_slew, &talking,
+                                     &grace, &draining, &backlog_ticks, &backlog_min, &backlog_max))
         return NULL;
     if (capacity < 1) {
         PyErr_SetString(PyExc_ValueError, "capacity must be positive");
@@ -811,9 +820,19 @@ static PyObject *Engine_add(Engine *e, PyObject *args, PyObject *kwds) {
     r->max_slew = max_slew;
     r->next = next;
     r->earliest = earliest;
+    r->talking = talking;
+    r->grace = grace;
+    r->draining = draining;
+    r->backlog_ticks = backlog_ticks;
+    r->backlog_min = backlog_min;
+    r->backlog_max = backlog_max;
     r->pacing = 1;
     Py_buffer none = {0};
     if (side_init(e, r, SIDE_AS, as_fd, as_proto, &none) < 0 || side_init(e, r, SIDE_WS, ws_fd, ws_proto, &none) < 0) {
+        for (int w = 0; w < 2; w++) { /* the descriptors stay the caller's: relay.py closes them */
+            if (r->side[w].fd >= 0) epoll_ctl(e->epfd, EPOLL_CTL_DEL, r->side[w].fd, NULL);
+            r->side[w].fd = -1;
+        }
         Py_DECREF(r);
         return NULL;
     }
@@ -997,6 +1016,44 @@ static PyObject *Relay_push(Relay *r, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* The playout buffer's content at the handover: whole frames with their arrival times, then the partial frame. */
+static PyObject *Relay_restore(Relay *r, PyObject *args) {
+    PyObject *frames;
+    Py_buffer partial;
+    double partial_since;
+    if (!PyArg_ParseTuple(args, "Oy*d", &frames, &partial, &partial_since)) return NULL;
+    PyObject *seq = PySequence_Fast(frames, "frames must be a sequence of (bytes, float)");
+    if (seq == NULL || partial.len >= FRAME) {
+        if (seq != NULL) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError, "the partial frame must be shorter than a frame");
+        }
+        PyBuffer_Release(&partial);
+        return NULL;
+    }
+    int dropped = 0;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        const char *data;
+        Py_ssize_t len;
+        double arrived;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "y#d", &data, &len, &arrived)) break;
+        if (len != FRAME) {
+            PyErr_SetString(PyExc_ValueError, "every frame must be 320 bytes");
+            break;
+        }
+        dropped += playout_append(r, (const uint8_t *)data, arrived);
+    }
+    Py_DECREF(seq);
+    if (!PyErr_Occurred()) {
+        memcpy(r->partial, partial.buf, (size_t)partial.len);
+        r->partial_len = (int)partial.len;
+        r->partial_since = partial_since;
+    }
+    PyBuffer_Release(&partial);
+    if (PyErr_Occurred()) return NULL;
+    return PyLong_FromLong(dropped);
+}
+
 static PyObject *Relay_clear(Relay *r, PyObject *Py_UNUSED(ignored)) {
     int n = r->count;
     r->count = 0;
@@ -1037,6 +1094,7 @@ static PyMethodDef Relay_methods[] = {
     {"is_open", (PyCFunction)Relay_is_open, METH_O, "is_open(side)"},
     {"buffered", (PyCFunction)Relay_buffered, METH_O, "buffered(side): bytes not yet written."},
     {"push", (PyCFunction)Relay_push, METH_O, "Provider audio (PCM16 8 kHz) into the playout buffer."},
+    {"restore", (PyCFunction)Relay_restore, METH_VARARGS, "restore(frames, partial, partial_since): queued audio."},
     {"clear", (PyCFunction)Relay_clear, METH_NOARGS, "Barge-in: forget queued audio; returns frames discarded."},
     {"stop", (PyCFunction)Relay_stop, METH_NOARGS, "Stop the pacer."},
     {NULL}};

@@ -1,8 +1,8 @@
 """The call data plane in C, for calls in their steady state (``_relay.c`` says why and what it does).
 
-A call is handed over when its AudioSocket audio is slin, its provider is STS over plain ``ws://``, both
-connections sit at a frame boundary with nothing waiting to be written, and nothing is queued to play. From then
-on the engine owns both sockets: caller audio goes to the provider and provider audio is paced to the caller in
+A call is handed over when its AudioSocket audio is slin, its provider is STS over plain ``ws://``, and both
+connections sit at a frame boundary with nothing waiting to be written; the pacer's grid and state and the
+queued audio go with it, so the caller hears no gap and no burst. From then on the engine owns both sockets: caller audio goes to the provider and provider audio is paced to the caller in
 C. The Python protocol objects stay in charge of everything else (DTMF, hang-ups, provider events, pings, the
 close handshake, protocol errors): the engine hands them those bytes, and their writes go through a
 ``RelayTransport``. Without the compiled module (no C compiler at install time) calls stay in Python.
@@ -73,14 +73,17 @@ class RelayTransport(asyncio.Transport):
         return self._protocol
 
 
-def _detach(transport: asyncio.Transport) -> tuple[int, dict[str, Any]]:
-    """A duplicate of the transport's socket, then the transport closed: the connection itself stays up."""
-    sock = transport.get_extra_info("socket")
+def _dup(transport: asyncio.Transport) -> int:
+    """A duplicate of the transport's socket: once the transport is closed (_detach) the connection stays up."""
+    return os.dup(transport.get_extra_info("socket").fileno())
+
+
+def _detach(transport: asyncio.Transport) -> dict[str, Any]:
+    """Close the transport without ending its connection (the engine holds a duplicate); its extra info."""
     extra = {name: transport.get_extra_info(name) for name in ("peername", "sockname")}
-    fd = os.dup(sock.fileno())
     transport.set_protocol(_Detached())
     transport.abort()
-    return fd, extra
+    return extra
 
 
 class Relays:
@@ -95,37 +98,55 @@ class Relays:
         self.handed_over = 0
 
     def take_over(self, leg: AudioSocketConnection, conn: WebSocketConnection, call: Call) -> bool:
-        """Move the call into the engine if it is at a clean point now; False to try again on a later frame."""
+        """Move the call into the engine if both connections are at a clean point now; False to try again later."""
         as_transport, ws_transport = leg.transport, conn.transport
         if as_transport is None or ws_transport is None or not leg.detachable() or not conn.detachable():
             return False
         if as_transport.get_write_buffer_size() or ws_transport.get_write_buffer_size():
             return False
-        slot = call.pacer.idle_slot()
-        if slot is None:
+        state = call.pacer.snapshot()
+        if state is None:
             return False
         pacer, playout = call.pacer, call.playout
-        as_fd, as_extra = _detach(as_transport)
-        ws_fd, ws_extra = _detach(ws_transport)
+        # both duplicates and the engine first: if any of it fails (EMFILE), the call goes on in Python untouched
+        as_fd = _dup(as_transport)
+        try:
+            ws_fd = _dup(ws_transport)
+        except OSError:
+            os.close(as_fd)
+            raise
         try:
             relay = self.engine.add(
                 as_fd,
                 ws_fd,
                 leg,
                 conn,
-                next_slot=slot[0],
-                earliest=slot[1],
+                next_slot=state.next_slot,
+                earliest=state.earliest,
                 capacity=playout.capacity,
                 drop_newest=playout.policy is Overflow.DROP_NEWEST,
                 period=pacer.period,
                 margin=pacer.margin,
                 max_slew=pacer.max_slew,
+                talking=state.talking,
+                grace=state.grace,
+                draining=state.draining,
+                backlog_ticks=state.backlog_ticks,
+                backlog_min=state.backlog_min,
+                backlog_max=state.backlog_max,
             )
         except OSError:
             for fd in (as_fd, ws_fd):
                 with contextlib.suppress(OSError):
                     os.close(fd)
             raise
+        try:
+            relay.restore(*playout.snapshot())
+        except BaseException:
+            relay.close(AS)  # closes the duplicates; the call goes on in Python
+            relay.close(WS)
+            raise
+        as_extra, ws_extra = _detach(as_transport), _detach(ws_transport)
         pacer.stop()
         leg.relayed(RelayTransport(relay, AS, leg, as_extra))
         conn.relayed(RelayTransport(relay, WS, conn, ws_extra))

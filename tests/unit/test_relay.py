@@ -1,0 +1,1085 @@
+"""The compiled call data plane (server/_relay.c) against real TCP socket pairs on loopback.
+
+Each test builds an Engine with one relayed call: an "Asterisk" peer on the AudioSocket side and a "provider" peer on
+the WebSocket side, both asyncio connections on the test's event loop, which also runs the engine (its epoll
+descriptor registered with ``add_reader``). The Python protocol objects the engine hands bytes to are recorders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import errno
+import itertools
+import os
+import random
+import resource
+import socket
+import statistics
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from avr_runtime.audio.buffer import Overflow, PlayoutBuffer
+from avr_runtime.config import Settings
+from avr_runtime.protocol import audiosocket as wire
+from avr_runtime.protocol import websocket as ws
+from avr_runtime.reference.echo import Stats
+from avr_runtime.reference.sts_server import StsServerProtocol
+from avr_runtime.server.audiosocket import AudioSocketConnection
+from avr_runtime.server.context import WorkerContext
+from avr_runtime.server.relay import Relays, RelayTransport
+from avr_runtime.services import metrics
+from avr_runtime.services.providers.sts import StsSession
+
+if TYPE_CHECKING:
+    from avr_runtime.server._relay import Engine as EngineType
+    from avr_runtime.server._relay import Relay as RelayType
+
+from avr_runtime.server import _relay  # built by the test command (scripts/bootstrap installs gcc)
+Engine = _relay.Engine
+AS, WS = _relay.AS, _relay.WS
+
+PERIOD = 0.02
+MARGIN = 0.004
+MAX_SLEW = 0.002
+FRAME = 320
+SILENCE = bytes(FRAME)
+BOUNDS = metrics.FRAME_LATENCY.bounds
+MAX_MESSAGE = ws.DEFAULT_MAX_MESSAGE
+PREFIX = b'{"type":"audio","audio":"'
+SUFFIX = b'"}'
+
+
+def pcm(n: int, seed: int = 0) -> bytes:
+    """``n`` bytes of audio with no zero byte, so no frame of it is mistaken for silence."""
+    rng = random.Random(seed)
+    return bytes(rng.randrange(1, 256) for _ in range(n))
+
+
+def audio_message(data: bytes) -> bytes:
+    """An STS audio message, built from the spec rather than with the module under test's encoder."""
+    return PREFIX + base64.b64encode(data) + SUFFIX
+
+
+def server_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, length: int | None = None) -> bytes:
+    """A frame as a WebSocket server sends it (unmasked), minimal length encoding."""
+    n = len(payload) if length is None else length
+    first = (0x80 if fin else 0) | rsv | opcode
+    if n < 126:
+        return bytes([first, n]) + payload
+    if n < 65536:
+        return bytes([first, 126]) + struct.pack("!H", n) + payload
+    return bytes([first, 127]) + struct.pack("!Q", n) + payload
+
+
+@dataclass
+class ClientFrame:
+    """One client (masked) frame as it was on the wire."""
+
+    first: int
+    second: int
+    header: bytes  # up to and including the masking key
+    payload: bytes  # unmasked
+
+    @property
+    def fin(self) -> bool:
+        return bool(self.first & 0x80)
+
+    @property
+    def opcode(self) -> int:
+        return self.first & 0x0F
+
+    @property
+    def masked(self) -> bool:
+        return bool(self.second & 0x80)
+
+
+def take_client_frames(buf: bytearray) -> list[ClientFrame]:
+    """Remove and decode the whole frames at the front of ``buf`` (the slow, obvious way)."""
+    out = []
+    while len(buf) >= 2:
+        first, second = buf[0], buf[1]
+        n, pos = second & 0x7F, 2
+        if n == 126:
+            if len(buf) < 4:
+                break
+            (n,) = struct.unpack_from("!H", buf, 2)
+            pos = 4
+        elif n == 127:
+            if len(buf) < 10:
+                break
+            (n,) = struct.unpack_from("!Q", buf, 2)
+            pos = 10
+        key = bytes(buf[pos : pos + 4]) if second & 0x80 else b"\0\0\0\0"
+        pos += 4 if second & 0x80 else 0
+        if len(buf) < pos + n:
+            break
+        body = bytes(b ^ key[i % 4] for i, b in enumerate(buf[pos : pos + n]))
+        out.append(ClientFrame(first, second, bytes(buf[:pos]), body))
+        del buf[: pos + n]
+    return out
+
+
+# --- the two remote peers ---
+
+
+class Peer(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.received = bytearray()
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class AsteriskPeer(Peer):
+    """Parses what the worker sends as AudioSocket frames, each stamped with the time its bytes arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parser = wire.FrameParser()
+        self.frames: list[wire.Frame] = []
+        self.arrivals: list[float] = []
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        super().data_received(data)
+        for frame in self.parser.feed(data):
+            self.frames.append(frame)
+            self.arrivals.append(now)
+
+    def audio(self, start: int = 0) -> list[bytes]:
+        return [f.payload for f in self.frames[start:] if f.kind is wire.Kind.AUDIO]
+
+
+class ProviderPeer(Peer):
+    """Decodes what the worker sends as client WebSocket frames."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = bytearray()
+        self.frames: list[ClientFrame] = []
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._pending += data
+        self.frames += take_client_frames(self._pending)
+
+
+# --- the protocol objects the engine hands bytes to ---
+
+
+class Recorder:
+    """Stands for AudioSocketConnection / WebSocketConnection: records data_received and connection_lost, in order.
+
+    ``on_data`` runs after each data_received, as the real protocol's reaction would (e.g. close the side).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+        self.on_data: Callable[[bytes], object] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        assert isinstance(data, bytes)
+        self.events.append(("data", data))
+        if self.on_data is not None:
+            self.on_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.events.append(("lost", exc))
+
+    @property
+    def data(self) -> list[bytes]:
+        return [cast(bytes, v) for k, v in self.events if k == "data"]
+
+    @property
+    def joined(self) -> bytes:
+        return b"".join(self.data)
+
+    @property
+    def lost(self) -> list[object]:
+        return [v for k, v in self.events if k == "lost"]
+
+
+def tcp_pair(bufsize: int = 0) -> tuple[socket.socket, socket.socket]:
+    """(the worker's end, the remote end) of one loopback TCP connection; ``bufsize`` shrinks the kernel buffers
+    from the worker to the remote (its send buffer, the remote's receive buffer)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        remote = socket.socket()
+        if bufsize:
+            remote.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, bufsize)
+        remote.connect(listener.getsockname())
+        mine, _ = listener.accept()
+    if bufsize:
+        mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, bufsize)
+    remote.setblocking(False)
+    return mine, remote
+
+
+@dataclass
+class Rig:
+    engine: EngineType
+    relay: RelayType
+    asterisk: AsteriskPeer
+    provider: ProviderPeer
+    as_proto: Recorder
+    ws_proto: Recorder
+
+    def take(self) -> dict[str, Any]:
+        return self.engine.take()
+
+
+MakeRig = Callable[..., Awaitable[Rig]]
+
+
+@pytest.fixture
+async def make_rig() -> AsyncIterator[MakeRig]:
+    loop = asyncio.get_running_loop()
+    made: list[Rig] = []
+
+    async def make(
+        *,
+        start_in: float = 0.0,
+        capacity: int = 500,
+        drop_newest: bool = False,
+        margin: float = MARGIN,
+        max_message: int = MAX_MESSAGE,
+        ws_bufsize: int = 0,
+    ) -> Rig:
+        engine = Engine(BOUNDS, max_message)
+        loop.add_reader(engine.fileno(), engine.run)
+        as_mine, as_remote = tcp_pair()
+        ws_mine, ws_remote = tcp_pair(ws_bufsize)
+        _, asterisk = await loop.create_connection(AsteriskPeer, sock=as_remote)
+        _, provider = await loop.create_connection(ProviderPeer, sock=ws_remote)
+        as_proto, ws_proto = Recorder(), Recorder()
+        now = time.monotonic()
+        relay = engine.add(
+            as_mine.detach(),
+            ws_mine.detach(),
+            as_proto,
+            cast(Any, ws_proto),
+            next_slot=now + start_in,
+            earliest=now,
+            capacity=capacity,
+            drop_newest=drop_newest,
+            period=PERIOD,
+            margin=margin,
+            max_slew=MAX_SLEW,
+        )
+        rig = Rig(engine, relay, asterisk, provider, as_proto, ws_proto)
+        made.append(rig)
+        return rig
+
+    yield make
+    for rig in made:
+        loop.remove_reader(rig.engine.fileno())
+        rig.engine.close()
+        for peer in (rig.asterisk, rig.provider):
+            if peer.transport is not None:
+                peer.transport.abort()
+
+
+async def until(cond: Callable[[], bool], within: float = 2.0) -> bool:
+    """Wait (bounded) for ``cond``; returns its final value so callers can assert on it."""
+    deadline = time.monotonic() + within
+    for _ in range(int(within / 0.002) + 1):
+        if cond() or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.002)
+    return cond()
+
+
+async def settle(seconds: float = 0.05) -> None:
+    """Give the engine a few passes to (not) do something."""
+    await asyncio.sleep(seconds)
+
+
+# --- AudioSocket → provider ---
+
+
+@pytest.mark.parametrize("size", [2, 72, 74, 320, 1920])
+async def test_caller_audio_becomes_one_masked_text_frame(make_rig: MakeRig, size: int) -> None:
+    rig = await make_rig()
+    audio = pcm(size, seed=size)
+    rig.asterisk.write(wire.audio_frame(audio))
+    assert await until(lambda: len(rig.provider.frames) == 1)
+    frame = rig.provider.frames[0]
+    assert frame.fin and frame.opcode == ws.TEXT and frame.masked
+    assert frame.payload == PREFIX + base64.b64encode(audio) + SUFFIX
+    # RFC 6455 5.2: "the minimal number of bytes MUST be used to encode the length"
+    n = len(frame.payload)
+    assert len(frame.header) == (2 if n < 126 else 4) + 4, f"{n}-byte payload with a {len(frame.header)}-byte header"
+    # what a server-side parser makes of the bytes on the wire
+    assert ws.FrameParser(from_client=True).feed(bytes(rig.provider.received)) == [(ws.TEXT, frame.payload)]
+    assert rig.relay.frames_in == 1
+    assert rig.as_proto.events == [], "audio never reaches Python"
+
+
+async def test_masking_keys_differ_between_frames(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    for i in range(20):
+        rig.asterisk.write(wire.audio_frame(pcm(FRAME, seed=i)))
+    assert await until(lambda: len(rig.provider.frames) == 20)
+    keys = {f.header[-4:] for f in rig.provider.frames}
+    assert len(keys) >= 19
+    assert [f.payload for f in rig.provider.frames] == [audio_message(pcm(FRAME, seed=i)) for i in range(20)]
+
+
+async def test_frames_split_across_writes_are_reassembled(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    first, second = pcm(FRAME, seed=1), pcm(1920, seed=2)
+    stream = wire.audio_frame(first) + wire.audio_frame(second)
+    cuts = [0, 1, 2, 3, 100, 323, 324, 326, 1000, len(stream)]
+    for a, b in itertools.pairwise(cuts):
+        rig.asterisk.write(stream[a:b])
+        await asyncio.sleep(0.005)
+        if b < 323:
+            assert rig.relay.frames_in == 0, "nothing is forwarded before the frame is whole"
+    assert await until(lambda: len(rig.provider.frames) == 2)
+    assert [f.payload for f in rig.provider.frames] == [audio_message(first), audio_message(second)]
+    assert rig.relay.frames_in == 2
+    assert rig.as_proto.events == []
+
+
+async def test_several_frames_in_one_write_are_each_forwarded(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    audios = [pcm(FRAME, seed=i) for i in range(5)]
+    rig.asterisk.write(b"".join(wire.audio_frame(a) for a in audios))
+    assert await until(lambda: len(rig.provider.frames) == 5)
+    assert [f.payload for f in rig.provider.frames] == [audio_message(a) for a in audios]
+    assert rig.relay.frames_in == 5
+
+
+# --- provider → playout → AudioSocket ---
+
+
+def gaps(arrivals: list[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(arrivals)]
+
+
+def frame_n(i: int) -> bytes:
+    return bytes([1 + i % 250]) * FRAME
+
+
+def spoken(rig: Rig) -> list[bytes]:
+    """What the caller heard, silence left out."""
+    return [f for f in rig.asterisk.audio() if f != SILENCE]
+
+
+async def test_provider_audio_is_paced_frame_by_frame_then_silence(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    assert await until(lambda: len(rig.asterisk.frames) >= 3), "silence while idle"
+    assert all(f == wire.Frame(wire.Kind.AUDIO, SILENCE) for f in rig.asterisk.frames)
+    start = len(rig.asterisk.frames)
+    audio = pcm(3 * FRAME, seed=7)
+    rig.provider.write(server_frame(ws.TEXT, audio_message(audio)))
+    assert await until(lambda: len(rig.asterisk.frames) >= start + 8)
+    played = rig.asterisk.audio(start)
+    assert all(len(f) == FRAME for f in played)
+    at = [i for i, f in enumerate(played) if f != SILENCE]
+    assert [played[i] for i in at] == [audio[i * FRAME : (i + 1) * FRAME] for i in range(3)]
+    assert at == list(range(at[0], at[0] + 3)), "back to back, no silence in between"
+    assert all(f == SILENCE for f in played[at[-1] + 1 :]), "silence once the reply is played"
+    # never a burst: every frame at least period - 2.5 ms after the previous one, the whole time
+    every = gaps(rig.asterisk.arrivals)
+    assert min(every) >= PERIOD - 0.0025, f"two frames {min(every) * 1000:.2f} ms apart"
+    assert statistics.median(every) == pytest.approx(PERIOD, abs=0.002)
+    assert rig.ws_proto.events == [], "audio messages never reach Python"
+    got = rig.take()
+    assert got["out_audio"] == 3
+
+
+async def test_a_trailing_partial_frame_is_played_padded_with_silence(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    audio = pcm(400, seed=3)
+    rig.provider.write(server_frame(ws.TEXT, audio_message(audio)))
+    assert await until(lambda: len(spoken(rig)) == 2)
+    assert await until(lambda: rig.asterisk.audio()[-1] == SILENCE)
+    assert spoken(rig) == [audio[:FRAME], audio[FRAME:] + bytes(2 * FRAME - len(audio))]
+    assert rig.relay.queued == 0
+
+
+async def test_audio_split_across_messages_and_reads_is_reframed(make_rig: MakeRig) -> None:
+    rig = await make_rig(start_in=0.2)  # nothing plays until every message is in
+    audio = pcm(5 * FRAME, seed=11)
+    chunks = [audio[:100], audio[100:700], audio[700:701], audio[701:]]
+    stream = b"".join(server_frame(ws.TEXT, audio_message(c)) for c in chunks)
+    rig.provider.write(stream[:7])
+    await settle(0.01)
+    rig.provider.write(stream[7:])
+    assert await until(lambda: rig.relay.queued == 5)
+    assert await until(lambda: len(spoken(rig)) == 5, within=3)
+    assert spoken(rig) == [audio[i : i + FRAME] for i in range(0, len(audio), FRAME)]
+
+
+# --- everything else reaches Python, as the exact bytes ---
+
+AS_TO_PYTHON = [
+    ("dtmf", b"\x03\x00\x015", b"\x03\x00\x015"),
+    ("hangup", b"\x00\x00\x00", b"\x00\x00\x00"),
+    ("error", b"\xff\x00\x01\x05", b"\xff\x00\x01\x05"),
+    ("odd-length audio", b"\x10\x00\x03abc", b"\x10\x00\x03abc"),
+    ("empty audio", b"\x10\x00\x00", b"\x10\x00\x00"),
+    ("audio above 1920 bytes", b"\x10\x07\x81" + bytes(1921), b"\x10\x07\x81"),
+    ("unknown type, huge length", b"\x42\xff\xff", b"\x42\xff\xff"),
+    ("unknown type, small", b"\x42\x00\x01\x00", b"\x42\x00\x01\x00"),
+    ("16 kHz slin", b"\x12\x01\x40" + bytes(320), b"\x12\x01\x40"),
+    ("a second uuid", wire.encode(wire.Kind.UUID, bytes(range(16))), wire.encode(wire.Kind.UUID, bytes(range(16)))),
+]
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected"), [(s, e) for _, s, e in AS_TO_PYTHON], ids=[n for n, _, _ in AS_TO_PYTHON]
+)
+async def test_audiosocket_frames_that_are_not_slin_audio_reach_python(
+    make_rig: MakeRig, sent: bytes, expected: bytes
+) -> None:
+    rig = await make_rig()
+    # Python's answer to anything refused from its header is to end the call: the rest is never parsed here
+    rig.as_proto.on_data = lambda data: rig.relay.close(AS)
+    rig.asterisk.write(sent)
+    assert await until(lambda: bool(rig.as_proto.data))
+    await settle()
+    assert rig.as_proto.data == [expected]
+    assert rig.relay.frames_in == 0
+    assert rig.provider.frames == []
+
+
+async def test_python_frames_keep_their_place_between_audio_frames(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    a1, a2 = pcm(FRAME, seed=1), pcm(FRAME, seed=2)
+    stream = wire.audio_frame(a1) + b"\x03\x00\x01#" + wire.audio_frame(a2) + b"\x10\x00\x01x" + b"\x00\x00\x00"
+    order: list[str] = []
+    rig.as_proto.on_data = lambda data: order.append(f"python after {rig.relay.frames_in}")
+    rig.asterisk.write(stream)
+    assert await until(lambda: len(rig.as_proto.data) == 3 and len(rig.provider.frames) == 2)
+    assert rig.as_proto.data == [b"\x03\x00\x01#", b"\x10\x00\x01x", b"\x00\x00\x00"]
+    assert order == ["python after 1", "python after 2", "python after 2"]
+    assert [f.payload for f in rig.provider.frames] == [audio_message(a1), audio_message(a2)]
+
+
+WS_TO_PYTHON = [
+    ("interruption", server_frame(ws.TEXT, b'{"type":"interruption"}')),
+    ("transcript", server_frame(ws.TEXT, b'{"type":"transcript","role":"agent","text":"hi"}')),
+    ("audio with spaces", server_frame(ws.TEXT, b'{"type": "audio", "audio": "AAAA"}')),
+    ("audio, bad base64", server_frame(ws.TEXT, PREFIX + b"@@@@" + SUFFIX)),
+    ("audio, unpadded base64", server_frame(ws.TEXT, PREFIX + b"AAA" + SUFFIX)),
+    ("binary", server_frame(ws.BINARY, audio_message(bytes(4)))),
+    ("ping", server_frame(ws.PING, b"are-you-there")),
+    ("pong", server_frame(ws.PONG, b"")),
+    ("close", server_frame(ws.CLOSE, struct.pack("!H", 1000) + b"bye")),
+    ("large non-audio text", server_frame(ws.TEXT, b'{"type":"x","pad":"' + b"y" * 70_000 + b'"}')),
+]
+
+
+@pytest.mark.parametrize("sent", [s for _, s in WS_TO_PYTHON], ids=[n for n, _ in WS_TO_PYTHON])
+async def test_provider_frames_that_are_not_audio_messages_reach_python(make_rig: MakeRig, sent: bytes) -> None:
+    rig = await make_rig(start_in=0.2)
+    rig.provider.write(sent)
+    assert await until(lambda: len(rig.ws_proto.joined) >= len(sent))
+    await settle()
+    assert rig.ws_proto.data == [sent], "one whole frame per call"
+    assert rig.relay.queued == 0
+
+
+def fragmented(opcode: int, parts: list[bytes]) -> list[bytes]:
+    return [
+        server_frame(opcode if i == 0 else ws.CONTINUATION, part, fin=i == len(parts) - 1)
+        for i, part in enumerate(parts)
+    ]
+
+
+async def test_a_fragmented_message_goes_to_python_fragment_by_fragment(make_rig: MakeRig) -> None:
+    rig = await make_rig(start_in=0.3)
+    # the first and the last fragment each look like a whole audio message: together they are one text message
+    frames = fragmented(ws.TEXT, [audio_message(pcm(FRAME, 1)), b"x", audio_message(pcm(FRAME, 2))])
+    frames.insert(1, server_frame(ws.PING, b"mid"))  # control frames may come between fragments
+    after = server_frame(ws.TEXT, audio_message(pcm(FRAME, 5)))  # the message is over: audio again
+    rig.provider.write(b"".join(frames))
+    await settle(0.01)
+    rig.provider.write(after)
+    assert await until(lambda: len(rig.ws_proto.data) == len(frames) and rig.relay.queued == 1)
+    await settle()
+    assert rig.ws_proto.data == frames
+    assert rig.relay.queued == 1
+    assert await until(lambda: bool(spoken(rig)), within=3)
+    await settle(0.1)
+    assert spoken(rig) == [pcm(FRAME, 5)]
+
+
+async def test_a_fragmented_binary_message_is_python_s_too(make_rig: MakeRig) -> None:
+    rig = await make_rig(start_in=0.3)
+    frames = fragmented(ws.BINARY, [b"one", b"two"])
+    frames.insert(1, server_frame(ws.TEXT, audio_message(pcm(FRAME, 1))))  # inside a message: not audio here
+    frames.append(server_frame(ws.CONTINUATION, audio_message(pcm(FRAME, 2))))  # nothing to continue: Python's
+    rig.provider.write(b"".join(frames))
+    assert await until(lambda: len(rig.ws_proto.data) == len(frames))
+    await settle()
+    assert rig.ws_proto.data == frames
+    assert rig.relay.queued == 0
+
+
+BAD_HEADERS = [  # (name, frame, length of its header)
+    ("masked", bytes([0x81, 0x85]) + b"abcd" + bytes(5), 2),
+    ("rsv bit", server_frame(ws.TEXT, audio_message(bytes(4)), rsv=0x40), 2),
+    ("unknown opcode", server_frame(0x3, b"xyz"), 2),
+    ("fragmented ping", server_frame(ws.PING, b"x", fin=False), 2),
+    ("long ping", server_frame(ws.PING, bytes(126)), 4),
+    ("above max_message", server_frame(ws.TEXT, b"", length=1 << 20), 10),
+]
+
+
+@pytest.mark.parametrize(("sent", "header"), [(s, h) for _, s, h in BAD_HEADERS], ids=[n for n, _, _ in BAD_HEADERS])
+async def test_a_bad_provider_header_alone_reaches_python(make_rig: MakeRig, sent: bytes, header: int) -> None:
+    rig = await make_rig(start_in=0.3, max_message=65536)
+    # as WebSocketConnection does: a protocol error closes the connection at once
+    rig.ws_proto.on_data = lambda data: rig.relay.close(WS)
+    rig.provider.write(sent)
+    assert await until(lambda: bool(rig.ws_proto.data))
+    await settle()
+    assert rig.ws_proto.data == [sent[:header]]
+    assert rig.relay.queued == 0
+    assert await until(lambda: rig.provider.eof)
+
+
+# --- Python's writes and closes ---
+
+
+async def test_python_writes_go_out_in_order_with_the_engine_s_own(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    a1, a2 = pcm(FRAME, seed=1), pcm(FRAME, seed=2)
+    dtmf = ws.encode_frame(ws.TEXT, b'{"type":"dtmf_digit","digit":"5"}', b"\x01\x02\x03\x04")
+    rig.asterisk.write(wire.audio_frame(a1))
+    assert await until(lambda: rig.relay.frames_in == 1)
+    rig.relay.write(WS, dtmf)
+    rig.asterisk.write(wire.audio_frame(a2))
+    assert await until(lambda: len(rig.provider.frames) == 3)
+    assert [f.payload for f in rig.provider.frames] == [
+        audio_message(a1),
+        b'{"type":"dtmf_digit","digit":"5"}',
+        audio_message(a2),
+    ]
+    # the AudioSocket side: the pacer's frames, then ours, each whole (the peer's parser would raise otherwise)
+    assert await until(lambda: len(rig.asterisk.frames) >= 2)
+    rig.relay.write(AS, wire.error_frame(wire.ErrorCode.PROTOCOL) + wire.HANGUP_FRAME)
+    assert await until(lambda: any(f.kind is wire.Kind.HANGUP for f in rig.asterisk.frames))
+    await settle()  # the pacer goes on after them
+    kinds = [f.kind for f in rig.asterisk.frames]
+    at = kinds.index(wire.Kind.ERROR)
+    assert kinds[at : at + 2] == [wire.Kind.ERROR, wire.Kind.HANGUP]
+    assert set(kinds[:at] + kinds[at + 2 :]) == {wire.Kind.AUDIO}
+    assert len(kinds) > at + 2, "the pacer's frames after Python's, still whole"
+    assert rig.relay.buffered(AS) == 0 and rig.relay.buffered(WS) == 0
+    with pytest.raises(ValueError, match="side"):
+        rig.relay.write(2, b"x")
+
+
+async def test_close_reports_once_and_the_engine_lets_go(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    rig.relay.write(AS, wire.HANGUP_FRAME)
+    assert rig.relay.is_open(AS)
+    assert rig.relay.close(AS) is True
+    assert rig.relay.close(AS) is False
+    assert not rig.relay.is_open(AS)
+    assert await until(lambda: rig.asterisk.eof)
+    assert rig.asterisk.frames[-1].kind is wire.Kind.HANGUP, "pending output is flushed before the close"
+    assert rig.engine.active() == 1
+    rig.provider.write(server_frame(ws.TEXT, audio_message(pcm(FRAME))))  # nobody to play it to: no harm
+    await settle()
+    assert rig.relay.close(WS) is True
+    assert rig.relay.close(WS) is False
+    assert rig.engine.active() == 0
+    assert await until(lambda: rig.provider.eof)
+    await settle()
+    assert rig.as_proto.lost == [] and rig.ws_proto.lost == [], "the closer reports its own connection_lost"
+    rig.relay.write(AS, b"after close")  # dropped, not an error
+    with pytest.raises(ValueError, match="side"):
+        rig.relay.close(5)
+
+
+async def test_no_caller_audio_after_python_sent_a_close_frame(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    rig.asterisk.write(wire.audio_frame(pcm(FRAME, 1)))
+    assert await until(lambda: len(rig.provider.frames) == 1)
+    rig.relay.write(WS, ws.encode_frame(ws.CLOSE, ws.close_payload(ws.NORMAL), b"abcd"))
+    rig.asterisk.write(wire.audio_frame(pcm(FRAME, 2)) * 3)
+    assert await until(lambda: rig.relay.frames_in == 4)
+    await settle()
+    assert [f.opcode for f in rig.provider.frames] == [ws.TEXT, ws.CLOSE]
+    # the closing handshake still works both ways
+    rig.provider.write(server_frame(ws.CLOSE, ws.close_payload(ws.NORMAL)))
+    assert await until(lambda: bool(rig.ws_proto.data))
+    assert rig.ws_proto.data == [server_frame(ws.CLOSE, ws.close_payload(ws.NORMAL))]
+
+
+# --- end of stream ---
+
+
+async def test_peer_eof_calls_connection_lost_once_on_that_side(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    assert rig.asterisk.transport is not None
+    rig.asterisk.transport.close()
+    assert await until(lambda: bool(rig.as_proto.lost))
+    await settle()
+    assert rig.as_proto.events == [("lost", None)]
+    assert rig.ws_proto.events == []
+    assert not rig.relay.is_open(AS) and rig.relay.is_open(WS)
+    assert rig.relay.close(AS) is False, "already reported"
+    assert rig.engine.active() == 1
+    assert rig.provider.transport is not None
+    rig.provider.transport.close()
+    assert await until(lambda: bool(rig.ws_proto.lost))
+    await settle()
+    assert rig.ws_proto.events == [("lost", None)]
+    assert rig.as_proto.events == [("lost", None)]
+    assert rig.engine.active() == 0
+
+
+@pytest.mark.parametrize("side", [AS, WS])
+async def test_a_frame_cut_short_reaches_python_before_connection_lost(make_rig: MakeRig, side: int) -> None:
+    rig = await make_rig()
+    if side == AS:
+        peer: Peer = rig.asterisk
+        proto = rig.as_proto
+        cut = b"\x10\x01\x40" + pcm(100)
+    else:
+        peer, proto = rig.provider, rig.ws_proto
+        cut = server_frame(ws.TEXT, audio_message(pcm(FRAME)))[:200]
+    peer.write(cut[:50])
+    await settle(0.01)
+    peer.write(cut[50:])
+    await settle(0.01)
+    assert proto.events == [], "an incomplete frame waits"
+    assert peer.transport is not None
+    peer.transport.close()
+    assert await until(lambda: bool(proto.lost))
+    await settle()
+    assert proto.events == [("data", cut), ("lost", None)]
+
+
+async def test_a_reset_connection_reports_the_error(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    transport = rig.provider.transport
+    assert transport is not None
+    sock = transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()  # RST
+    assert await until(lambda: bool(rig.ws_proto.lost))
+    await settle()
+    assert len(rig.ws_proto.lost) == 1
+    exc = rig.ws_proto.lost[0]
+    assert isinstance(exc, ConnectionError) and exc.errno == errno.ECONNRESET
+    assert rig.as_proto.events == []
+
+
+# --- barge-in and Python's own audio ---
+
+
+async def test_clear_returns_the_queued_frames_and_the_caller_hears_silence(make_rig: MakeRig) -> None:
+    rig = await make_rig(start_in=0.1)
+    rig.relay.push(pcm(5 * FRAME + 10))
+    assert rig.relay.queued == 5
+    assert rig.relay.clear() == 5
+    assert rig.relay.queued == 0
+    assert rig.relay.clear() == 0
+    assert await until(lambda: len(rig.asterisk.frames) >= 8)
+    assert all(f == SILENCE for f in rig.asterisk.audio()), "nothing of the cleared reply, not its partial frame"
+    assert rig.take()["out_audio"] == 0
+
+
+async def test_push_plays_like_provider_audio(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    audio = pcm(2 * FRAME, seed=4)
+    rig.relay.push(audio)
+    assert await until(lambda: len(spoken(rig)) == 2)
+    assert spoken(rig) == [audio[:FRAME], audio[FRAME:]]
+    assert min(gaps(rig.asterisk.arrivals)) >= PERIOD - 0.0025
+
+
+async def test_stop_ends_the_pacer(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    assert await until(lambda: len(rig.asterisk.frames) >= 2)
+    rig.relay.stop()
+    assert not rig.relay.pacing
+    await settle(0.03)
+    count = len(rig.asterisk.frames)
+    rig.relay.push(pcm(FRAME))
+    await settle(0.1)
+    assert len(rig.asterisk.frames) == count
+    assert rig.relay.queued == 1
+
+
+# --- counters ---
+
+
+async def test_take_counts_frames_and_resets(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    rig.provider.write(server_frame(ws.TEXT, audio_message(pcm(4 * FRAME))))
+    assert await until(lambda: len(spoken(rig)) == 4)
+    assert await until(lambda: rig.asterisk.audio()[-1] == SILENCE)
+    rig.relay.stop()
+    await settle(0.03)
+    got = rig.take()
+    again = rig.engine.take()
+    sent = rig.asterisk.audio()
+    assert got["out_audio"] == 4
+    assert got["out_silence"] == len(sent) - 4
+    assert len(got["latency"]) == len(BOUNDS) + 1
+    assert sum(got["latency"]) == got["out_audio"]
+    # all four arrived at once: they waited about 0, 1, 2 and 3 periods (+ up to one for the first slot)
+    assert 0.1 <= got["latency_sum"] <= 0.4
+    assert got["dropped_overflow"] == got["dropped_latency"] == got["dropped_backpressure"] == 0
+    assert again == {
+        "out_audio": 0,
+        "out_silence": 0,
+        "late": 0,
+        "dropped_latency": 0,
+        "dropped_overflow": 0,
+        "dropped_backpressure": 0,
+        "latency": [0] * (len(BOUNDS) + 1),
+        "latency_sum": 0.0,
+    }
+    # the Prometheus side takes the histogram as it is
+    registry = CollectorRegistry()
+    hist = metrics.LoopHistogram("t_relay_latency_seconds", "doc", BOUNDS, registry=registry)
+    hist.merge(got["latency"], got["latency_sum"])
+    family = next(iter(hist.collect()))
+    count = next(s.value for s in family.samples if s.name.endswith("_count"))
+    assert count == 4
+
+
+async def test_a_provider_that_does_not_read_loses_whole_caller_frames(make_rig: MakeRig) -> None:
+    rig = await make_rig(start_in=60, ws_bufsize=16384)  # no pacer traffic, small kernel buffers
+    assert rig.provider.transport is not None
+    rig.provider.transport.pause_reading()
+    audio = [pcm(1920, seed=i % 8) for i in range(300)]  # ~780 kB of messages
+    for chunk in range(0, len(audio), 100):
+        rig.asterisk.write(b"".join(wire.audio_frame(a) for a in audio[chunk : chunk + 100]))
+        await asyncio.sleep(0.002)
+    assert await until(lambda: rig.relay.frames_in == len(audio), within=10)
+    got = rig.take()
+    assert got["dropped_backpressure"] > 0
+    assert rig.relay.buffered(WS) <= 64 * 1024 + 2600
+    rig.provider.transport.resume_reading()
+    assert await until(lambda: len(rig.provider.frames) == len(audio) - got["dropped_backpressure"], within=10)
+    # whole messages only, each one of the frames sent, in order
+    expected = iter(audio_message(a) for a in audio)
+    assert all(f.payload in expected for f in rig.provider.frames)
+    assert rig.relay.buffered(WS) == 0
+
+
+# --- the C pacer against audio/pacer.py's behaviour (tests/unit/test_pacer*.py) ---
+
+
+async def test_a_stalled_loop_restarts_the_grid_instead_of_bursting(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    rig.relay.push(b"".join(frame_n(i) for i in range(10)))
+    assert await until(lambda: len(spoken(rig)) >= 2)
+    time.sleep(0.07)  # noqa: ASYNC251  # a deliberate stall of the event loop, which runs the engine too
+    before = len(rig.asterisk.frames)
+    assert await until(lambda: len(spoken(rig)) == 10, within=3)
+    after = rig.asterisk.arrivals[before:]
+    assert min(gaps(after)) >= PERIOD - MAX_SLEW - 0.0025, "no catching up in a burst"
+    assert spoken(rig) == [frame_n(i) for i in range(10)], "no slot skipped, nothing lost"
+    assert rig.take()["late"] >= 1
+
+
+async def test_a_steady_backlog_behind_a_stall_is_cut(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    # a stall left 6 frames queued; then audio keeps arriving in real time, one frame per period
+    for i in range(6):
+        rig.relay.push(frame_n(i))
+    start = time.monotonic()
+    for i in range(6, 6 + 2 * 50):
+        await asyncio.sleep(max(0.0, start + (i - 6) * PERIOD - time.monotonic()))
+        rig.relay.push(frame_n(i))
+    await settle(0.1)
+    rig.relay.stop()
+    dropped = rig.take()["dropped_latency"]
+    assert 4 <= dropped <= 7, "about the stall's six frames, not more"
+    assert rig.relay.queued <= 2, "what is left queued is at most the arrival jitter"
+    played = iter(frame_n(i) for i in range(106))
+    assert all(f in played for f in spoken(rig)), "in order, nothing invented"
+
+
+async def test_a_reply_faster_than_real_time_is_never_cut(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    rig.relay.push(b"".join(frame_n(i) for i in range(60)))  # 1.2 s of speech arriving at once, as TTS streams it
+    assert await until(lambda: len(spoken(rig)) == 60, within=3)
+    assert spoken(rig) == [frame_n(i) for i in range(60)]
+    got = rig.take()
+    assert got["dropped_latency"] == 0 and got["out_audio"] == 60
+    assert min(gaps(rig.asterisk.arrivals)) >= PERIOD - 0.0025, "one frame per slot"
+
+
+async def test_one_late_frame_is_drained_by_slewing_without_dropping_anything(make_rig: MakeRig) -> None:
+    """A live stream one period behind after a late frame: the pacer catches up by sending 2 ms early for a while,
+    every frame is played, and the wait returns to the margin."""
+    rig = await make_rig()
+    pushed: dict[bytes, float] = {}
+    start = time.monotonic() + 0.05
+    n = 80
+    for i in range(1, n):  # frame 0 comes with frame 1 (it was late): the stream runs one frame behind from then on
+        await asyncio.sleep(max(0.0, start + i * PERIOD - time.monotonic()))
+        now = time.monotonic()
+        frames = [frame_n(0), frame_n(1)] if i == 1 else [frame_n(i)]
+        rig.relay.push(b"".join(frames))
+        pushed |= dict.fromkeys(frames, now)
+    assert await until(lambda: len(spoken(rig)) == n)
+    assert spoken(rig) == [frame_n(i) for i in range(n)]
+    assert rig.take()["dropped_latency"] == 0
+    assert min(gaps(rig.asterisk.arrivals)) >= PERIOD - MAX_SLEW - 0.0025
+    arrivals = zip(rig.asterisk.frames, rig.asterisk.arrivals, strict=True)
+    waits = [t - pushed[f.payload] for f, t in arrivals if f.payload in pushed]
+    assert max(waits[-20:]) < 0.012, "still a period behind at the end"
+    assert max(waits[:5]) > 0.015, "the late frame did make the stream wait"
+
+
+# --- the C playout buffer against audio/buffer.py ---
+
+
+@pytest.mark.parametrize("policy", [Overflow.DROP_OLDEST, Overflow.DROP_NEWEST])
+@pytest.mark.parametrize("seed", range(4))
+async def test_playout_matches_the_python_buffer(make_rig: MakeRig, policy: Overflow, seed: int) -> None:
+    capacity = 3
+    rig = await make_rig(capacity=capacity, drop_newest=policy is Overflow.DROP_NEWEST)
+    rig.relay.stop()  # nothing is played: the buffer alone
+    reference = PlayoutBuffer(FRAME, capacity, policy)
+    rng = random.Random(seed)
+    for i in range(60):
+        chunk = pcm(rng.choice([1, 50, 319, 320, 321, 640, 700, 1000, 1500]), seed=seed * 100 + i)
+        if rng.random() < 0.1:
+            assert rig.relay.clear() == reference.clear()
+        dropped = reference.push(chunk)
+        rig.relay.push(chunk)
+        assert rig.take()["dropped_overflow"] == dropped, f"push {i}"
+        assert rig.relay.queued == len(reference), f"push {i}"
+
+
+@pytest.mark.parametrize("policy", [Overflow.DROP_OLDEST, Overflow.DROP_NEWEST])
+async def test_played_audio_matches_the_python_buffer(make_rig: MakeRig, policy: Overflow) -> None:
+    capacity = 3
+    rig = await make_rig(capacity=capacity, drop_newest=policy is Overflow.DROP_NEWEST, start_in=0.15)
+    reference = PlayoutBuffer(FRAME, capacity, policy)
+    chunks = [pcm(n, seed=n) for n in (100, 700, 320, 45, 1000, 30)]
+    dropped = 0
+    for chunk in chunks:  # all before the first slot
+        dropped += reference.push(chunk)
+        rig.relay.push(chunk)
+    assert rig.relay.queued == len(reference) == capacity
+    expected = []
+    while (item := reference.pop()) is not None:
+        expected.append(item[0])
+    reference.flush_partial()
+    while (item := reference.pop()) is not None:
+        expected.append(item[0])
+    assert await until(lambda: len(spoken(rig)) == len(expected), within=3)
+    assert await until(lambda: rig.asterisk.audio()[-1] == SILENCE)
+    assert spoken(rig) == expected
+    assert rig.take()["dropped_overflow"] == dropped > 0
+
+
+# --- handover edge cases ---
+
+
+async def test_add_refuses_a_bad_capacity_and_a_bad_descriptor_without_taking_the_caller_s_fds() -> None:
+    engine = Engine(BOUNDS, MAX_MESSAGE)
+    mine, remote = tcp_pair()
+    fd = mine.detach()
+    now = time.monotonic()
+    kw: dict[str, Any] = {
+        "next_slot": now,
+        "earliest": now,
+        "drop_newest": False,
+        "period": PERIOD,
+        "margin": MARGIN,
+        "max_slew": MAX_SLEW,
+    }
+    try:
+        with pytest.raises(ValueError, match="capacity"):
+            engine.add(fd, fd, Recorder(), cast(Any, Recorder()), capacity=0, **kw)
+        bad = os.open(os.devnull, os.O_RDONLY)
+        os.close(bad)  # a descriptor number that is surely closed
+        with pytest.raises(OSError):
+            engine.add(fd, bad, Recorder(), cast(Any, Recorder()), capacity=10, **kw)
+        assert engine.active() == 0
+        # relay.py closes both descriptors itself when add() fails: the engine must not have closed them already
+        os.fstat(fd)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        remote.close()
+        engine.close()
+
+
+# --- relay.py: the handover of a live call, in process (worker context, AudioSocket server, echo provider) ---
+
+
+@dataclass
+class InProcess:
+    ctx: WorkerContext
+    relays: Relays
+    legs: list[AudioSocketConnection]
+    port: int
+    stats: Stats
+
+
+@pytest.fixture
+async def in_process() -> AsyncIterator[InProcess]:
+    loop = asyncio.get_running_loop()
+    stats = Stats()
+    provider = await loop.create_server(lambda: StsServerProtocol(stats), "127.0.0.1", 0)
+    provider_port = provider.sockets[0].getsockname()[1]
+    ctx = WorkerContext.create(Settings(sts_url=f"ws://127.0.0.1:{provider_port}", audiosocket_format="slin"))
+    relays = ctx.relays
+    assert relays is not None
+    ctx.relays = None  # calls are handed over when the test says so
+    legs: list[AudioSocketConnection] = []
+
+    def accept() -> AudioSocketConnection:
+        legs.append(AudioSocketConnection(ctx))
+        return legs[-1]
+
+    server = await loop.create_server(accept, "127.0.0.1", 0)
+    yield InProcess(ctx, relays, legs, server.sockets[0].getsockname()[1], stats)
+    server.close()
+    provider.close()
+    for leg in legs:
+        if leg.task is not None and not leg.task.done():
+            leg.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await leg.task
+    ctx.relays = relays
+    await ctx.close()
+
+
+@dataclass
+class Caller:
+    """A minimal Asterisk: writes frames, collects what comes back."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    frames: list[wire.Frame] = field(default_factory=list)
+    closed: bool = False
+
+    async def collect(self) -> None:
+        parser = wire.FrameParser()
+        with contextlib.suppress(ConnectionError):
+            while data := await self.reader.read(65536):
+                self.frames += parser.feed(data)
+        self.closed = True
+
+    def audio(self) -> list[bytes]:
+        return [f.payload for f in self.frames if f.kind is wire.Kind.AUDIO and f.payload != SILENCE]
+
+
+async def live_call(ip: InProcess) -> tuple[Caller, asyncio.Task[None], AudioSocketConnection]:
+    """A call whose provider is connected: ready to be handed over."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", ip.port)
+    caller = Caller(reader, writer)
+    collecting = asyncio.create_task(caller.collect())
+    writer.write(wire.uuid_frame(uuid.uuid4()))
+
+    def ready() -> bool:
+        call = ip.legs[0].call if ip.legs else None
+        return (
+            call is not None
+            and call.session is not None
+            and isinstance(call.session, StsSession)
+            and (call.session.connection is not None and call.pacer.snapshot() is not None)
+        )
+
+    assert await until(ready)
+    return caller, collecting, ip.legs[0]
+
+
+async def speak(caller: Caller, frames: list[bytes]) -> None:
+    for frame in frames:
+        caller.writer.write(wire.audio_frame(frame))
+        await asyncio.sleep(PERIOD)
+
+
+async def test_take_over_moves_a_live_call_and_python_keeps_its_control_path(in_process: InProcess) -> None:
+    ip = in_process
+    caller, collecting, leg = await live_call(ip)
+    call = leg.call
+    assert call is not None and isinstance(call.session, StsSession)
+    conn = call.session.connection
+    assert conn is not None
+    assert ip.relays.take_over(leg, conn, call)
+    assert isinstance(leg.transport, RelayTransport) and isinstance(conn.transport, RelayTransport)
+    assert ip.relays.active == 1 and not call.pacer.running
+    words = [pcm(FRAME, seed=i) for i in range(10)]
+    await speak(caller, words)
+    assert await until(lambda: len(caller.audio()) == len(words))
+    assert caller.audio() == words, "echoed through the engine"
+    caller.writer.write(wire.encode(wire.Kind.DTMF, b"7"))  # Python's: it reaches the provider as a message
+    assert await until(lambda: ip.stats["sts_dtmf"] == 1)
+    caller.writer.write(wire.HANGUP_FRAME)
+    assert leg.task is not None
+    assert await asyncio.wait_for(leg.task, 5) == "hangup"
+    await asyncio.wait_for(collecting, 5)
+    assert caller.closed and caller.frames[-1].kind is wire.Kind.HANGUP
+    assert ip.stats["sts_audio"] == len(words)
+    assert await until(lambda: ip.relays.active == 0), "both sockets closed, the engine let go"
+    caller.writer.close()
+
+
+async def test_a_handover_that_fails_leaves_the_call_working_in_python(in_process: InProcess) -> None:
+    ip = in_process
+    caller, collecting, leg = await live_call(ip)
+    call = leg.call
+    assert call is not None and isinstance(call.session, StsSession)
+    conn = call.session.connection
+    assert conn is not None
+    # room for one more descriptor, not two: the second duplicate fails (EMFILE), as it would on a full worker
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = max(int(name) for name in os.listdir("/proc/self/fd")) + 16
+    fillers: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        with contextlib.suppress(OSError):
+            for _ in range(limit):  # every free number below the limit (bounded: there are fewer than that)
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+        os.close(fillers.pop())
+        with pytest.raises(OSError):
+            ip.relays.take_over(leg, conn, call)
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert ip.relays.active == 0
+    words = [pcm(FRAME, seed=i) for i in range(5)]
+    await speak(caller, words)
+    assert await until(lambda: len(caller.audio()) == len(words)), "the call still runs in Python"
+    assert caller.audio() == words
+    caller.writer.write(wire.HANGUP_FRAME)
+    assert leg.task is not None
+    assert await asyncio.wait_for(leg.task, 5) == "hangup"
+    await asyncio.wait_for(collecting, 5)
+    assert caller.closed and caller.frames[-1].kind is wire.Kind.HANGUP
+    caller.writer.close()
