@@ -16,13 +16,11 @@ import uuid
 from typing import Any
 
 import orjson
-import pytest
 from procs import Proc, ProviderFactory, WorkerFactory, http_json, paced_whole, sts_url
 
 from avr_runtime.client.audiosocket import CallResult, place_call
 from avr_runtime.protocol import audiosocket as wire
 from avr_runtime.server import relay
-
 
 SILENCE = bytes(320)
 PROBE = bytes([1, 2]) * 160  # one frame the echo brings back

@@ -33,6 +33,7 @@ from avr_runtime.protocol import audiosocket as wire
 from avr_runtime.protocol import websocket as ws
 from avr_runtime.reference.echo import Stats
 from avr_runtime.reference.sts_server import StsServerProtocol
+from avr_runtime.server import _relay  # built by the test command (scripts/bootstrap installs gcc)
 from avr_runtime.server.audiosocket import AudioSocketConnection
 from avr_runtime.server.context import WorkerContext
 from avr_runtime.server.relay import Relays, RelayTransport
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from avr_runtime.server._relay import Engine as EngineType
     from avr_runtime.server._relay import Relay as RelayType
 
-from avr_runtime.server import _relay  # built by the test command (scripts/bootstrap installs gcc)
 Engine = _relay.Engine
 AS, WS = _relay.AS, _relay.WS
 
