@@ -204,7 +204,7 @@ class Server:
     http_port: int | None = None  # worker only: /ready, /stream
 
 
-def start_worker(core: int | None, sts_port: int, max_calls: int) -> Server:
+def start_worker(core: int | None, sts_port: int, max_calls: int, fast_path: bool) -> Server:
     port, http_port = free_port(), free_port()
     env = dict(
         os.environ,
@@ -216,6 +216,7 @@ def start_worker(core: int | None, sts_port: int, max_calls: int) -> Server:
         LOG_FORMAT="text",
         MAX_CONCURRENT_CALLS=str(max_calls),
         RATE_LIMIT="1000000",
+        FAST_PATH="true" if fast_path else "false",
     )
     proc = spawn("worker", [*PY, "-m", "avr_runtime", "serve"], core, env)
     wait_until(proc, lambda: http_ok(f"http://{HOST}:{http_port}/ready"))
@@ -501,17 +502,21 @@ class PcmResult(Costs):
     silence: int
     lag_p99_ms: float
     pacer_late: int | None = None  # worker only: its pacer's slots that fired > 5 ms late, in the window
+    relayed: int | None = None  # worker only: calls moved to the compiled data plane
 
 
-def pacer_late_total(http_port: int | None) -> int | None:
-    """The worker's ``avr_frames_late_total``: slots its own event loop fired late (None for the floor)."""
+def worker_counters(http_port: int | None) -> tuple[int, int] | None:
+    """The worker's ``avr_frames_late_total`` (slots its pacers fired late) and ``avr_calls_relayed_total``
+    (None for the floor)."""
     if http_port is None:
         return None
+    values = {"avr_frames_late_total": 0, "avr_calls_relayed_total": 0}
     with urllib.request.urlopen(f"http://{HOST}:{http_port}/metrics", timeout=5) as resp:
         for line in resp.read().decode().splitlines():
-            if line.startswith("avr_frames_late_total "):
-                return int(float(line.split()[1]))
-    return None
+            name, _, value = line.partition(" ")
+            if name in values:
+                values[name] = int(float(value))
+    return values["avr_frames_late_total"], values["avr_calls_relayed_total"]
 
 
 async def connect_pcm(server: Server, n: int, frames: int, window: Window) -> list[PcmCall]:
@@ -549,9 +554,9 @@ async def pcm_load(server: Server, load_pids: Sequence[int], n: int, warmup: flo
     for i, call in enumerate(calls):
         call.start(t0 + i * PERIOD_NS // n)  # spread over one period: the calls do not tick in phase
     await sleep_until_ns(window.start)
-    late_before = await asyncio.to_thread(pacer_late_total, server.http_port)
+    before = await asyncio.to_thread(worker_counters, server.http_port)
     usage = await measure_usage(server.proc.pid, load_pids, window)
-    late_after = await asyncio.to_thread(pacer_late_total, server.http_port)
+    after = await asyncio.to_thread(worker_counters, server.http_port)
     await sleep_until_ns(t0 + frames * PERIOD_NS + PERIOD_NS + int(TAIL_S * 1e9))
     for call in calls:
         call.hang_up()
@@ -559,8 +564,9 @@ async def pcm_load(server: Server, load_pids: Sequence[int], n: int, warmup: flo
     if closing:
         await asyncio.wait(closing, timeout=3)
     result = summarise_pcm(calls, usage, idle)
-    if late_before is not None and late_after is not None:
-        result.pacer_late = late_after - late_before
+    if before is not None and after is not None:
+        result.pacer_late = after[0] - before[0]
+        result.relayed = after[1]
     return result
 
 
@@ -787,6 +793,7 @@ class Bench:
     max_calls: int
     warmup: float
     seconds: float
+    fast_path: bool = True
     pcm: list[tuple[int, PcmResult, PcmResult]] = field(default_factory=list)
     opus: list[tuple[int, OpusResult]] = field(default_factory=list)
 
@@ -812,14 +819,17 @@ class Bench:
     def _opus(self, server: Server, n: int, warmup: float, seconds: float) -> Awaitable[OpusResult]:
         return opus_load(server, self.load_pids, n, warmup, seconds)
 
+    def _worker(self) -> Server:
+        return start_worker(self.server_core, self.sts_port, self.max_calls, self.fast_path)
+
     def pcm_worker(self, n: int) -> PcmResult:
-        return self._measure(start_worker(self.server_core, self.sts_port, self.max_calls), self._pcm, n)
+        return self._measure(self._worker(), self._pcm, n)
 
     def pcm_floor(self, n: int) -> PcmResult:
         return self._measure(start_floor(self.server_core), self._pcm, n)
 
     def opus_worker(self, n: int) -> OpusResult:
-        return self._measure(start_worker(self.server_core, self.sts_port, self.max_calls), self._opus, n)
+        return self._measure(self._worker(), self._opus, n)
 
 
 def choose_cores() -> tuple[int | None, int | None]:
@@ -849,6 +859,7 @@ def header(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> st
         f"load generator + provider on core {cores[1]}; Python {platform.python_version()}",
         f"load average before the run: {load1:.2f} (1 min), {load5:.2f} (5 min)",
         f"each call: {args.warmup:g} s warm-up + {args.seconds:g} s measured, 20 ms frames",
+        f"worker FAST_PATH={'true' if args.fast_path == 'on' else 'false'}",
     ]
     if load1 > 0.5:
         lines.append("warning: the machine is busy; figures will be noisy")
@@ -866,7 +877,7 @@ def run_all(args: argparse.Namespace) -> Bench:
     print(header(args, cores), flush=True)
     provider, sts_port = start_provider(cores[1])
     max_calls = max([*args.calls, *args.opus_calls, 1]) + 16
-    bench = Bench(cores[0], cores[1], provider, sts_port, max_calls, args.warmup, args.seconds)
+    bench = Bench(cores[0], cores[1], provider, sts_port, max_calls, args.warmup, args.seconds, args.fast_path == "on")
     try:
         for n in args.calls:
             worker, floor = bench.pcm_worker(n), bench.pcm_floor(n)
@@ -950,6 +961,7 @@ def pcm_latency_table(rows: Sequence[tuple[int, PcmResult, PcmResult]]) -> str:
         "silence slots (w)",
         "pacer late slots (w)",
         "client send lag p99 ms (w / f)",
+        "calls relayed in C (w)",
     )
     body = [
         (
@@ -962,6 +974,7 @@ def pcm_latency_table(rows: Sequence[tuple[int, PcmResult, PcmResult]]) -> str:
             str(w.silence),
             "-" if w.pacer_late is None else str(w.pacer_late),
             f"{w.lag_p99_ms:.2f} / {f.lag_p99_ms:.2f}",
+            "-" if w.relayed is None else str(w.relayed),
         )
         for n, w, f in rows
     ]
@@ -1041,10 +1054,16 @@ def counts(text: str) -> list[int]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=counts, default=[50, 100, 200, 300, 400, 500], help="PCM call counts")
+    parser.add_argument("--calls", type=counts, default=[50, 100, 200, 300, 400, 500, 600, 800], help="PCM call counts")
     parser.add_argument("--opus-calls", type=counts, default=[25, 50, 100, 125], help="Opus stream call counts")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per call")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds per call before measuring")
+    parser.add_argument(
+        "--fast-path",
+        choices=("on", "off"),
+        default="on",
+        help="the worker's compiled data plane (FAST_PATH); off measures the Python path",
+    )
     parser.add_argument(
         "--wait-quiet", type=float, default=0.0, help="wait up to this many seconds for a 1-min load average ≤ 0.5"
     )
