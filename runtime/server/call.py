@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from avr_runtime.audio import pcm
 from avr_runtime.audio.buffer import AnalysisWindows, PlayoutBuffer
@@ -18,6 +18,9 @@ from avr_runtime.server.context import WorkerContext
 from avr_runtime.services import metrics
 from avr_runtime.services.pool import ProviderUnavailable
 from avr_runtime.services.providers.base import ProviderSession
+
+if TYPE_CHECKING:
+    from avr_runtime.server._relay import Relay
 
 log = logging.getLogger("avr_runtime.call")
 
@@ -63,7 +66,7 @@ class Call:
         self._ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._started = time.monotonic()
         self._frames_in = 0
-        self._relay: Any = None  # the C relay's Relay once the call runs there (server/relay.py)
+        self._relay: Relay | None = None  # once the call's audio runs in the compiled data plane (relay.py)
         # local barge-in detection: the HTTP chain has no provider-side VAD
         self._vad: EnergyVad | None = None
         self._windows: AnalysisWindows | None = None
@@ -127,7 +130,7 @@ class Call:
     def on_turn_latency(self, seconds: float) -> None:
         metrics.TURN_LATENCY.observe(seconds)
 
-    def relayed(self, relay: Any) -> None:
+    def relayed(self, relay: Relay) -> None:
         """The call's audio now flows in the C relay, which has taken over the pacer's grid."""
         self._relay = relay
 
