@@ -106,6 +106,7 @@ typedef struct {
     int err;          /* errno of a failed write, reported at the end of the pass */
     int lost;         /* connection_lost is due (peer EOF or error) */
     int in_message;   /* WS: a fragmented message is under way, so Python gets every frame until it ends */
+    int paused;       /* Python stopped reading (a protocol error): input is read and dropped until the close */
 } Side;
 
 typedef struct Relay {
@@ -511,7 +512,7 @@ static int give_python(Side *s, const uint8_t *d, size_t n) {
     return 0;
 }
 
-static int side_gone(Side *s) { return s->fd < 0 || s->lost; }
+static int side_gone(Side *s) { return s->fd < 0 || s->lost || s->paused; }
 
 /* AudioSocket bytes: returns how many were used (the rest is an incomplete frame). */
 static size_t parse_as(Relay *r, const uint8_t *p, size_t n) {
@@ -1002,6 +1003,20 @@ static PyObject *Relay_is_open(Relay *r, PyObject *arg) {
     return PyBool_FromLong(r->side[w].fd >= 0);
 }
 
+static PyObject *Relay_pause(Relay *r, PyObject *arg) {
+    int w = side_arg(arg);
+    if (w < 0) return NULL;
+    r->side[w].paused = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Relay_resume(Relay *r, PyObject *arg) {
+    int w = side_arg(arg);
+    if (w < 0) return NULL;
+    r->side[w].paused = 0;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Relay_buffered(Relay *r, PyObject *arg) {
     int w = side_arg(arg);
     if (w < 0) return NULL;
@@ -1092,6 +1107,8 @@ static PyMethodDef Relay_methods[] = {
     {"write", (PyCFunction)Relay_write, METH_VARARGS, "write(side, data): bytes after what is already queued."},
     {"close", (PyCFunction)Relay_close, METH_O, "close(side) -> True if the side was open."},
     {"is_open", (PyCFunction)Relay_is_open, METH_O, "is_open(side)"},
+    {"pause", (PyCFunction)Relay_pause, METH_O, "pause(side): drop that side's input from now on (after an error)."},
+    {"resume", (PyCFunction)Relay_resume, METH_O, "resume(side): parse that side's input again."},
     {"buffered", (PyCFunction)Relay_buffered, METH_O, "buffered(side): bytes not yet written."},
     {"push", (PyCFunction)Relay_push, METH_O, "Provider audio (PCM16 8 kHz) into the playout buffer."},
     {"restore", (PyCFunction)Relay_restore, METH_VARARGS, "restore(frames, partial, partial_since): queued audio."},

@@ -160,6 +160,8 @@ class AudioSocketConnection(asyncio.Protocol):
             extra={"uuid": call_uuid, "reason": exc.reason},
         )
         self._closed = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()  # nothing after the bad frame is read as audio (the relay would forward it)
         if self.call is not None:
             self.call.end(f"protocol_error:{exc.reason}")
         elif self.transport is not None:

@@ -50,6 +50,7 @@ class RelayTransport(asyncio.Transport):
         self._side = side
         self._protocol = protocol
         self._closing = False
+        self._reading = True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._relay.write(self._side, bytes(data))
@@ -66,6 +67,17 @@ class RelayTransport(asyncio.Transport):
 
     def abort(self) -> None:
         self.close()
+
+    def pause_reading(self) -> None:
+        self._reading = False
+        self._relay.pause(self._side)
+
+    def resume_reading(self) -> None:
+        self._reading = True
+        self._relay.resume(self._side)
+
+    def is_reading(self) -> bool:
+        return self._reading and self._relay.is_open(self._side)
 
     def get_write_buffer_size(self) -> int:
         return int(self._relay.buffered(self._side))

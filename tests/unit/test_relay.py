@@ -469,6 +469,25 @@ async def test_audiosocket_frames_that_are_not_slin_audio_reach_python(
     assert rig.provider.frames == []
 
 
+async def test_input_after_python_paused_the_side_is_dropped(make_rig: MakeRig) -> None:
+    """What the AudioSocket leg does on a protocol error: audio behind the bad frame in the same read is not
+    forwarded while the call ends."""
+    rig = await make_rig()
+    rig.as_proto.on_data = lambda data: rig.relay.pause(AS)
+    odd = b"\x10\x00\x03abc"
+    rig.asterisk.write(odd + wire.audio_frame(pcm(FRAME, seed=1)))
+    assert await until(lambda: bool(rig.as_proto.data))
+    await settle()
+    rig.asterisk.write(wire.audio_frame(pcm(FRAME, seed=2)))
+    await settle()
+    assert rig.as_proto.data == [odd]
+    assert rig.relay.frames_in == 0
+    assert rig.provider.frames == []
+    rig.relay.resume(AS)
+    rig.asterisk.write(wire.audio_frame(pcm(FRAME, seed=3)))
+    assert await until(lambda: rig.relay.frames_in == 1), "resume parses again"
+
+
 async def test_python_frames_keep_their_place_between_audio_frames(make_rig: MakeRig) -> None:
     rig = await make_rig()
     a1, a2 = pcm(FRAME, seed=1), pcm(FRAME, seed=2)
