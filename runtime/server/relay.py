@@ -108,7 +108,6 @@ class Relays:
         self._loop = loop
         self.engine = _relay.Engine(metrics.FRAME_LATENCY.bounds, max_message)
         loop.add_reader(self.engine.fileno(), self.engine.run)
-        self.handed_over = 0
 
     def take_over(self, leg: AudioSocketConnection, conn: WebSocketConnection, call: Call) -> bool:
         """Move the call into the engine if both connections are at a clean point now; False to try again later."""
@@ -164,7 +163,6 @@ class Relays:
         leg.relayed(RelayTransport(relay, AS, leg, as_extra))
         conn.relayed(RelayTransport(relay, WS, conn, ws_extra))
         call.relayed(relay)
-        self.handed_over += 1
         metrics.CALLS_RELAYED.inc()
         return True
 
