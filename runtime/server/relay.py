@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 from typing import TYPE_CHECKING, Any, Final
 
@@ -26,11 +25,10 @@ except ImportError:  # built without a C compiler
     _relay = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
+    from avr_runtime.server._relay import Relay
     from avr_runtime.server.audiosocket import AudioSocketConnection
     from avr_runtime.server.call import Call
     from avr_runtime.services.providers.wsclient import WebSocketConnection
-
-log = logging.getLogger(__name__)
 
 AVAILABLE: Final = _relay is not None
 AS: Final = 0  # the AudioSocket side of a relay
@@ -44,7 +42,7 @@ class _Detached(asyncio.Protocol):
 class RelayTransport(asyncio.Transport):
     """A leg's transport after the handover: writes are queued behind the engine's own, in order."""
 
-    def __init__(self, relay: Any, side: int, protocol: asyncio.BaseProtocol, extra: dict[str, Any]) -> None:
+    def __init__(self, relay: Relay, side: int, protocol: asyncio.BaseProtocol, extra: dict[str, Any]) -> None:
         super().__init__(extra)
         self._relay = relay
         self._side = side
@@ -80,7 +78,7 @@ class RelayTransport(asyncio.Transport):
         return self._reading and self._relay.is_open(self._side)
 
     def get_write_buffer_size(self) -> int:
-        return int(self._relay.buffered(self._side))
+        return self._relay.buffered(self._side)
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol
