@@ -37,6 +37,8 @@ async def place_call(
     *,
     call_uuid: str | None = None,
     dtmf: dict[int, str] | None = None,
+    raw: dict[int, bytes] | None = None,
+    probe: bytes | None = None,
     tail_s: float = 0.5,
     hangup: bool = True,
     frame_bytes: int = pcm.SLIN8_FRAME_BYTES,
@@ -45,12 +47,15 @@ async def place_call(
 ) -> CallResult:
     """Stream ``audio`` paced in real time, then ``tail_s`` of silence, collecting what comes back.
 
-    ``dtmf`` maps a frame index to a digit sent just before that frame. ``silence_byte`` pads the audio: 0 for slin,
-    0xFF for μ-law, 0xD5 for A-law.
+    ``dtmf`` maps a frame index to a digit sent just before that frame, ``raw`` to bytes sent as they are (malformed
+    input, for tests). ``silence_byte`` pads the audio: 0 for slin, 0xFF for μ-law, 0xD5 for A-law. With ``probe``,
+    that one frame goes first and the stream starts 0.1 s after its echo is back (the provider path is up, as a load
+    test wants it); the result then counts from the start of the stream.
     """
     result = CallResult(call_uuid or str(uuidlib.uuid4()))
     reader, writer = await asyncio.open_connection(host, port)
     parser = wire.FrameParser()
+    probed = asyncio.Event()
 
     async def receive() -> None:
         with contextlib.suppress(ConnectionError):
@@ -62,6 +67,8 @@ async def place_call(
             now = time.monotonic()
             for frame in parser.feed(data):
                 if frame.kind is wire.Kind.AUDIO:
+                    if frame.payload == probe:
+                        probed.set()
                     result.audio_frames.append(frame.payload)
                     result.arrivals.append(now)
                 elif frame.kind is wire.Kind.HANGUP:
@@ -72,6 +79,12 @@ async def place_call(
     receiver = asyncio.create_task(receive())
     async with asyncio.timeout(time_limit):
         writer.write(wire.uuid_frame(uuidlib.UUID(result.uuid)))
+        if probe is not None:
+            writer.write(wire.audio_frame(probe))
+            async with asyncio.timeout(5):
+                await probed.wait()
+            await asyncio.sleep(0.1)
+            del result.audio_frames[:], result.arrivals[:]
         tail = int(tail_s * 50) * frame_bytes + (-len(audio) % frame_bytes)
         padded = audio + bytes([silence_byte]) * tail
         start = time.monotonic()
@@ -80,6 +93,8 @@ async def place_call(
                 break
             if dtmf and i in dtmf:
                 writer.write(wire.encode(wire.Kind.DTMF, dtmf[i].encode()))
+            if raw and i in raw:
+                writer.write(raw[i])
             writer.write(wire.audio_frame(padded[i * frame_bytes : (i + 1) * frame_bytes]))
             result.frames_sent += 1
             await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - time.monotonic()))

@@ -180,17 +180,18 @@ static void side_close_fd(Side *s) {
     buf_free(&s->out);
 }
 
-/* Write bytes in order. Droppable audio is refused (returns 1) while more than OUT_CAP is waiting: a peer that
- * does not read must not make the worker buffer without bound. */
+/* Write bytes in order. Droppable audio is refused (returns 1, to be counted) while more than OUT_CAP is waiting:
+ * a peer that does not read must not make the worker buffer without bound. Returns 0 otherwise, also when the side
+ * is closed or failed (its end is reported as the connection's). */
 static int side_write(Side *s, const uint8_t *d, size_t n, int droppable) {
-    if (s->fd < 0 || s->err) return 1;
+    if (s->fd < 0 || s->err) return 0;
     if (s->out.len == 0) {
         ssize_t r = send(s->fd, d, n, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (r == (ssize_t)n) return 0;
         if (r < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK) {
                 s->err = errno;
-                return 1;
+                return 0;
             }
             r = 0;
         }
@@ -201,7 +202,7 @@ static int side_write(Side *s, const uint8_t *d, size_t n, int droppable) {
     }
     if (buf_append(&s->out, d, n) < 0) {
         s->err = ENOMEM;
-        return 1;
+        return 0;
     }
     side_set_events(s, EPOLLIN | EPOLLOUT);
     return 0;
@@ -316,8 +317,7 @@ static void pacer_send(Relay *r, const uint8_t *pcm, double waited, int silence)
         e->out_audio++;
         observe(e, waited);
     }
-    if (side_write(&r->side[SIDE_AS], frame, sizeof frame, 1) && !r->side[SIDE_AS].err && r->side[SIDE_AS].fd >= 0)
-        e->dropped_backpressure++;
+    if (side_write(&r->side[SIDE_AS], frame, sizeof frame, 1)) e->dropped_backpressure++;
 }
 
 static void pacer_watch_backlog(Relay *r, int backlog) {
@@ -494,7 +494,7 @@ static void forward_audio(Relay *r, const uint8_t *pcm, size_t n) {
         h[3] = (uint8_t)len;
     }
     memcpy(frame + 4, key, 4);
-    if (side_write(ws, h, (size_t)(p + len - h), 1) && !ws->err && ws->fd >= 0) r->engine->dropped_backpressure++;
+    if (side_write(ws, h, (size_t)(p + len - h), 1)) r->engine->dropped_backpressure++;
 }
 
 /* ---------------------------------------------------------------- handing bytes to Python */

@@ -193,9 +193,6 @@ class AudioSocketConnection(asyncio.Protocol):
         conn = session.connection
         if conn is None:
             return  # still connecting
-        if conn.transport is not None and conn.transport.get_extra_info("sslcontext") is not None:
-            self._relay_wanted = False  # wss: stays in Python
-            return
         try:
             if relays.take_over(self, conn, call):
                 self._relay_wanted = False

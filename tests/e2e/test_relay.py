@@ -8,11 +8,9 @@ does in Python: echoed speech framed and paced, DTMF, protocol errors, hang-ups,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import statistics
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -26,70 +24,12 @@ SILENCE = bytes(320)
 PROBE = bytes([1, 2]) * 160  # one frame the echo brings back
 
 
-async def steady_call(
-    worker: Proc,
-    audio: bytes,
-    *,
-    dtmf: dict[int, str] | None = None,
-    tail_s: float = 0.5,
-    hangup: bool = True,
-    bad: dict[int, bytes] | None = None,
-) -> CallResult:
+async def steady_call(worker: Proc, audio: bytes, *, bad: dict[int, bytes] | None = None, **kw: Any) -> CallResult:
     """A call as the load benchmark places them: one probe frame, its echo back, a pause, then ``audio`` paced in
     real time, so the handover has happened before the stream. What the result holds is counted from the start of
-    the stream. ``dtmf`` and ``bad`` map a frame index to a digit, or to raw bytes, sent just before that frame.
+    the stream. ``bad`` maps a frame index to raw bytes sent just before that frame.
     """
-    result = CallResult(str(uuid.uuid4()))
-    reader, writer = await asyncio.open_connection("127.0.0.1", worker.ports["audiosocket"])
-    parser = wire.FrameParser()
-    probed = asyncio.Event()
-
-    async def receive() -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                now = time.monotonic()
-                for frame in parser.feed(data):
-                    if frame.kind is wire.Kind.AUDIO:
-                        if frame.payload == PROBE:
-                            probed.set()
-                        result.audio_frames.append(frame.payload)
-                        result.arrivals.append(now)
-                    elif frame.kind is wire.Kind.HANGUP:
-                        result.hangup = True
-                    elif frame.kind is wire.Kind.ERROR:
-                        result.errors.append(frame.payload[0] if frame.payload else -1)
-        result.closed = True
-
-    receiver = asyncio.create_task(receive())
-    async with asyncio.timeout(60):
-        writer.write(wire.uuid_frame(uuid.UUID(result.uuid)) + wire.audio_frame(PROBE))
-        async with asyncio.timeout(5):
-            await probed.wait()
-        await asyncio.sleep(0.1)
-        del result.audio_frames[:], result.arrivals[:]
-        padded = audio + bytes(int(tail_s * 50) * 320 + (-len(audio) % 320))
-        start = time.monotonic()
-        for i in range(len(padded) // 320):
-            if receiver.done():
-                break
-            if dtmf and i in dtmf:
-                writer.write(wire.encode(wire.Kind.DTMF, dtmf[i].encode()))
-            if bad and i in bad:
-                writer.write(bad[i])
-            writer.write(wire.audio_frame(padded[i * 320 : (i + 1) * 320]))
-            result.frames_sent += 1
-            await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - time.monotonic()))
-        if hangup and not receiver.done():
-            writer.write(wire.HANGUP_FRAME)
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(receiver), timeout=5.0)
-    receiver.cancel()
-    writer.close()
-    with contextlib.suppress(Exception):
-        await writer.wait_closed()
-    return result
+    return await place_call("127.0.0.1", worker.ports["audiosocket"], audio, probe=PROBE, raw=bad, **kw)
 
 
 async def metric(proc: Proc, name: str, labels: dict[str, str] | None = None) -> float:

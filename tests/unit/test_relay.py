@@ -35,10 +35,12 @@ from avr_runtime.reference.echo import Stats
 from avr_runtime.reference.sts_server import StsServerProtocol
 from avr_runtime.server import _relay  # built by the test command (scripts/bootstrap installs gcc)
 from avr_runtime.server.audiosocket import AudioSocketConnection
+from avr_runtime.server.call import Call
 from avr_runtime.server.context import WorkerContext
 from avr_runtime.server.relay import Relays, RelayTransport
 from avr_runtime.services import metrics
 from avr_runtime.services.providers.sts import StsSession
+from avr_runtime.services.providers.wsclient import WebSocketConnection
 
 if TYPE_CHECKING:
     from avr_runtime.server._relay import Engine as EngineType
@@ -1016,7 +1018,16 @@ class Caller:
         return [f.payload for f in self.frames if f.kind is wire.Kind.AUDIO and f.payload != SILENCE]
 
 
-async def live_call(ip: InProcess) -> tuple[Caller, asyncio.Task[None], AudioSocketConnection]:
+@dataclass
+class LiveCall:
+    caller: Caller
+    collecting: asyncio.Task[None]
+    leg: AudioSocketConnection
+    call: Call
+    conn: WebSocketConnection
+
+
+async def live_call(ip: InProcess) -> LiveCall:
     """A call whose provider is connected: ready to be handed over."""
     reader, writer = await asyncio.open_connection("127.0.0.1", ip.port)
     caller = Caller(reader, writer)
@@ -1033,7 +1044,12 @@ async def live_call(ip: InProcess) -> tuple[Caller, asyncio.Task[None], AudioSoc
         )
 
     assert await until(ready)
-    return caller, collecting, ip.legs[0]
+    leg = ip.legs[0]
+    call = leg.call
+    assert call is not None and isinstance(call.session, StsSession)
+    conn = call.session.connection
+    assert conn is not None
+    return LiveCall(caller, collecting, leg, call, conn)
 
 
 async def speak(caller: Caller, frames: list[bytes]) -> None:
@@ -1044,11 +1060,8 @@ async def speak(caller: Caller, frames: list[bytes]) -> None:
 
 async def test_take_over_moves_a_live_call_and_python_keeps_its_control_path(in_process: InProcess) -> None:
     ip = in_process
-    caller, collecting, leg = await live_call(ip)
-    call = leg.call
-    assert call is not None and isinstance(call.session, StsSession)
-    conn = call.session.connection
-    assert conn is not None
+    live = await live_call(ip)
+    caller, collecting, leg, call, conn = live.caller, live.collecting, live.leg, live.call, live.conn
     assert ip.relays.take_over(leg, conn, call)
     assert isinstance(leg.transport, RelayTransport) and isinstance(conn.transport, RelayTransport)
     assert ip.relays.active == 1 and not call.pacer.running
@@ -1070,11 +1083,8 @@ async def test_take_over_moves_a_live_call_and_python_keeps_its_control_path(in_
 
 async def test_a_handover_that_fails_leaves_the_call_working_in_python(in_process: InProcess) -> None:
     ip = in_process
-    caller, collecting, leg = await live_call(ip)
-    call = leg.call
-    assert call is not None and isinstance(call.session, StsSession)
-    conn = call.session.connection
-    assert conn is not None
+    live = await live_call(ip)
+    caller, collecting, leg, call, conn = live.caller, live.collecting, live.leg, live.call, live.conn
     # room for one more descriptor, not two: the second duplicate fails (EMFILE), as it would on a full worker
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     limit = max(int(name) for name in os.listdir("/proc/self/fd")) + 16
