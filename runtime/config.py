@@ -85,8 +85,14 @@ class Settings(BaseSettings):
     playout_max_ms: int = Field(30_000, ge=100, le=600_000)
     playout_overflow: Overflow = Overflow.DROP_OLDEST
     playout_margin_ms: float = Field(4.0, ge=0.0, le=20.0)
+    playout_max_slew_ms: float = Field(
+        5.0, ge=0.0, le=10.0, description="How much earlier than a period the pacer may send, to lock on or catch up."
+    )
     fast_path: bool = Field(
         True, description="Relay steady-state STS calls (slin AudioSocket, ws:// provider) in the compiled data plane."
+    )
+    fast_path_poll_ms: float = Field(
+        1.0, ge=0.0, le=20.0, description="The data plane reads its sockets on this timer (0: on every socket event)."
     )
 
     # cache, limits

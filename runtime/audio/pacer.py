@@ -9,8 +9,8 @@ provider so streamed audio waits about ``margin`` in the worker instead of up to
 - audio that is late for its slot by up to ``margin`` is still sent at once instead of a silence frame (grace);
 - a stream that keeps a steady backlog (audio arriving in real time behind a late frame or a stall) loses it, so
   one hiccup does not add latency for the rest of the call: up to three frames are drained by sending ``max_slew``
-  early (nothing is dropped), a larger one is dropped after a second; replies generated faster than real time
-  (their backlog grows or drains) are never touched;
+  early (nothing is dropped) once the backlog has lasted three frames, a larger one is dropped after a second;
+  replies generated faster than real time (their backlog grows or drains) are never touched;
 - the last part of a reply that does not fill a frame is padded with silence and played once it has waited a
   period with nothing after it.
 """
@@ -32,7 +32,7 @@ class _Cancellable(Protocol):
 LATE_AFTER: Final = 0.005
 TRIM_AFTER_TICKS: Final = 50
 STEADY_SPREAD: Final = 2
-DRAIN_AFTER_TICKS: Final = 5
+DRAIN_AFTER_TICKS: Final = 3
 DRAIN_MAX_FRAMES: Final = 3
 
 
@@ -83,7 +83,7 @@ class Pacer:
         *,
         period: float = 0.02,
         margin: float = 0.004,
-        max_slew: float = 0.002,
+        max_slew: float = 0.005,
         on_late: Callable[[], None] | None = None,
         on_drop: Callable[[int], None] | None = None,
         clock: SlotClock | None = None,
@@ -182,8 +182,9 @@ class Pacer:
         A reply generated faster than real time (TTS) makes the backlog grow or drain; audio that arrives in real
         time after a stall or a late frame keeps a steady backlog for as long as the stream lasts. Only the second
         kind is acted on, once its backlog has stayed within ``STEADY_SPREAD`` frames: up to ``DRAIN_MAX_FRAMES``
-        after ``DRAIN_AFTER_TICKS`` slots, by sending ``max_slew`` early until it is gone (nothing is lost; 3
-        frames take 30 slots); more than that after ``TRIM_AFTER_TICKS`` slots, by dropping it.
+        after ``DRAIN_AFTER_TICKS`` slots, by sending ``max_slew`` early until it is gone (nothing is lost; with the
+        default 5 ms, 3 frames take 12 slots); more than that after ``TRIM_AFTER_TICKS`` slots, by dropping it.
+        Three slots, because a stream delivered in chunks of 40 or 60 ms leaves a backlog that never lasts three.
         """
         if backlog == 0:
             self._backlog_ticks = 0

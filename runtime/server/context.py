@@ -78,7 +78,9 @@ class WorkerContext:
             ctx.llm = HttpPool("llm", size, policy)
             ctx.tts = TtsClient(HttpPool("tts", size, policy), settings.tts_url, settings.tts_voice, ctx.cache)
         if settings.fast_path and relay.AVAILABLE and settings.sts_url and settings.sts_url.startswith("ws://"):
-            ctx.relays = Relays(asyncio.get_running_loop(), websocket.DEFAULT_MAX_MESSAGE)
+            ctx.relays = Relays(
+                asyncio.get_running_loop(), websocket.DEFAULT_MAX_MESSAGE, settings.fast_path_poll_ms / 1000
+            )
         if settings.webhook_url:
             secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
             ctx.webhooks = WebhookSender(settings.webhook_url, secret, settings.webhook_timeout, settings.webhook_retry)

@@ -100,11 +100,12 @@ def _detach(transport: asyncio.Transport) -> dict[str, Any]:
 class Relays:
     """The worker's engine: one descriptor on the event loop for every relayed call."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_message: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_message: int, poll_interval: float = 0.0) -> None:
+        """``poll_interval`` > 0: the sockets are read on a timer instead of on every event (see FAST_PATH_POLL_MS)."""
         if _relay is None:
             raise RuntimeError("the compiled relay module is not installed")
         self._loop = loop
-        self.engine = _relay.Engine(metrics.FRAME_LATENCY.bounds, max_message)
+        self.engine = _relay.Engine(metrics.FRAME_LATENCY.bounds, max_message, poll_interval)
         loop.add_reader(self.engine.fileno(), self.engine.run)
 
     def take_over(self, leg: AudioSocketConnection, conn: WebSocketConnection, call: Call) -> bool:

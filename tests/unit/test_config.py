@@ -38,6 +38,7 @@ def test_defaults_are_avr_defaults() -> None:
     assert s.webhook_timeout == 3000
     assert s.webhook_retry == 0
     assert s.mode == "none"
+    assert (s.playout_margin_ms, s.playout_max_slew_ms, s.fast_path, s.fast_path_poll_ms) == (4.0, 5.0, True, 1.0)
 
 
 def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,6 +66,8 @@ def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         "WEBHOOK_SECRET": "s3cret-value",
         "WEBHOOK_TIMEOUT": "1000",
         "WEBHOOK_RETRY": "2",
+        "PLAYOUT_MAX_SLEW_MS": "2",
+        "FAST_PATH_POLL_MS": "0",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -84,6 +87,7 @@ def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.webhook_secret.get_secret_value() == "s3cret-value"
     assert "s3cret-value" not in repr(s)
     assert (s.webhook_timeout, s.webhook_retry) == (1000, 2)
+    assert (s.playout_max_slew_ms, s.fast_path_poll_ms) == (2.0, 0.0)
 
 
 def test_lowercase_env_names_work(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,6 +143,10 @@ def test_partial_chain_is_rejected(monkeypatch: pytest.MonkeyPatch, present: tup
         ("MAX_RETRIES", "-1"),
         ("CACHE_MAX_SIZE", "-1"),
         ("RATE_LIMIT", "0"),
+        ("PLAYOUT_MAX_SLEW_MS", "-1"),
+        ("PLAYOUT_MAX_SLEW_MS", "15"),
+        ("FAST_PATH_POLL_MS", "-0.5"),
+        ("FAST_PATH_POLL_MS", "50"),
     ],
 )
 def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:

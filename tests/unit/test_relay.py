@@ -15,6 +15,7 @@ import itertools
 import os
 import random
 import resource
+import select
 import socket
 import statistics
 import struct
@@ -257,9 +258,12 @@ class Rig:
 MakeRig = Callable[..., Awaitable[Rig]]
 
 
-@pytest.fixture
-async def make_rig() -> AsyncIterator[MakeRig]:
+@pytest.fixture(params=[0.0, 0.001], ids=["woken", "polled"])
+async def make_rig(request: pytest.FixtureRequest) -> AsyncIterator[MakeRig]:
+    """Every rig test runs twice: with the engine woken by each socket event, and reading its sockets every 1 ms
+    (FAST_PATH_POLL_MS, the worker's default)."""
     loop = asyncio.get_running_loop()
+    poll_interval: float = request.param
     made: list[Rig] = []
 
     async def make(
@@ -271,7 +275,7 @@ async def make_rig() -> AsyncIterator[MakeRig]:
         max_message: int = MAX_MESSAGE,
         ws_bufsize: int = 0,
     ) -> Rig:
-        engine = Engine(BOUNDS, max_message)
+        engine = Engine(BOUNDS, max_message, poll_interval)
         loop.add_reader(engine.fileno(), engine.run)
         as_mine, as_remote = tcp_pair()
         ws_mine, ws_remote = tcp_pair(ws_bufsize)
@@ -922,6 +926,68 @@ async def test_played_audio_matches_the_python_buffer(make_rig: MakeRig, policy:
     assert await until(lambda: rig.asterisk.audio()[-1] == SILENCE)
     assert spoken(rig) == expected
     assert rig.take()["dropped_overflow"] == dropped > 0
+
+
+# --- polling (FAST_PATH_POLL_MS) ---
+
+
+def readable(fd: int, within: float) -> bool:
+    return bool(select.select([fd], [], [], within)[0])
+
+
+@pytest.mark.parametrize("poll_interval", [0.0, 0.2])
+def test_a_polled_engine_is_not_woken_by_its_sockets_and_reads_them_on_its_timer(poll_interval: float) -> None:
+    """Polled, a peer's send does not make the engine's descriptor readable (no wake-up of the worker per socket
+    event); the next poll reads it. Woken, the same send makes it readable at once. The event loop is not used here:
+    run() is called by hand, as the loop would when the descriptor is readable."""
+    engine = Engine(BOUNDS, MAX_MESSAGE, poll_interval)
+    as_mine, as_remote = tcp_pair()
+    ws_mine, ws_remote = tcp_pair()
+    now = time.monotonic()
+    engine.add(
+        as_mine.detach(),
+        ws_mine.detach(),
+        Recorder(),
+        cast(Any, Recorder()),
+        next_slot=now + 60,  # no pacer slot during the test: only the poll timer may wake the engine
+        earliest=now,
+        capacity=10,
+        drop_newest=False,
+        period=PERIOD,
+        margin=MARGIN,
+        max_slew=MAX_SLEW,
+    )
+    try:
+        engine.run()
+        if poll_interval:
+            # run just after a poll, so the next one is a whole interval away
+            assert readable(engine.fileno(), poll_interval + 0.1), "the poll timer fires"
+            engine.run()
+            assert not readable(engine.fileno(), 0.0)
+        as_remote.send(wire.audio_frame(pcm(320)))
+        if poll_interval:
+            assert not readable(engine.fileno(), 0.05), "a socket event must not wake a polled engine"
+            assert readable(engine.fileno(), poll_interval + 0.1), "the next poll fires"
+        else:
+            assert readable(engine.fileno(), 0.05), "a socket event wakes an engine that is not polled"
+        engine.run()
+        ws_remote.setblocking(True)
+        ws_remote.settimeout(1.0)
+        got = bytearray()
+        while not take_client_frames(bytearray(got)):
+            got += ws_remote.recv(65536)
+        (frame,) = take_client_frames(got)
+        assert frame.payload == audio_message(pcm(320))
+    finally:
+        engine.close()
+        as_remote.close()
+        ws_remote.close()
+
+
+def test_a_bad_poll_interval_is_refused() -> None:
+    for bad in (-0.001, 2.0, float("nan")):
+        with pytest.raises(ValueError, match="poll_interval"):
+            Engine(BOUNDS, MAX_MESSAGE, bad)
 
 
 # --- handover edge cases ---
