@@ -24,6 +24,7 @@ import gc
 import math
 import os
 import platform
+import shutil
 import socket
 import struct
 import subprocess
@@ -593,6 +594,69 @@ def summarise_pcm(calls: Sequence[PcmCall], usage: Usage, idle_rss: int) -> PcmR
     )
 
 
+# --- PCM load from pcm_calls.c: PcmCall's behaviour at a fraction of the load core ---
+
+
+def build_generator(workdir: Path) -> Path | None:
+    """Compile pcm_calls.c into ``workdir``; None (and the Python generator) without a C compiler."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        progress("warning: no C compiler; the Python load generator is used")
+        return None
+    exe = workdir / "pcm_calls"
+    subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe), str(HERE / "pcm_calls.c")], check=True)
+    return exe
+
+
+async def pcm_load_native(
+    server: Server, load_pids: Sequence[int], n: int, warmup: float, seconds: float, *, exe: Path
+) -> PcmResult:
+    """pcm_load with the calls placed by pcm_calls (a child process, so it inherits this process's core)."""
+    idle = rss_bytes(server.proc.pid)
+    frames = round((warmup + seconds) * 1e9 / PERIOD_NS)
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = Path(tmp) / "samples"
+        args = [HOST, server.port, n, frames, int(warmup * 1e9), int(seconds * 1e9), int(server.http_port is not None)]
+        proc = await asyncio.create_subprocess_exec(
+            str(exe), *map(str, args), str(samples), stdout=asyncio.subprocess.PIPE
+        )
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), PROBE_TIMEOUT_S + 30)
+            _, start, end = line.decode().split()
+            window = Window(int(start), int(end), int(end) - LOSS_GRACE_NS)
+            await sleep_until_ns(window.start)
+            before = await asyncio.to_thread(worker_counters, server.http_port)
+            usage = await measure_usage(server.proc.pid, [*load_pids, proc.pid], window)
+            after = await asyncio.to_thread(worker_counters, server.http_port)
+            line = await asyncio.wait_for(proc.stdout.readline(), warmup + seconds + 30)
+            if await proc.wait() != 0 or not line.startswith(b"done "):
+                raise RuntimeError(f"pcm_calls failed: {line!r}")
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        failed, lost, measured, silence, gaps, late, n_rtt, n_lag = map(int, line.split()[1:])
+        values = np.fromfile(samples, dtype="<i8").astype(np.int64)
+    result = PcmResult(
+        calls=n,
+        failed=failed,
+        usage=usage,
+        idle_rss=idle,
+        rtt_ns=values[:n_rtt],
+        gaps=gaps,
+        late=late,
+        lost=lost,
+        measured=measured,
+        silence=silence,
+        lag_p99_ms=ms(values[n_rtt : n_rtt + n_lag], 99),
+    )
+    if before is not None and after is not None:
+        result.pacer_late = after[0] - before[0]
+        result.relayed = after[1]
+    return result
+
+
 # --- Opus over the WebSocket stream leg ---
 
 
@@ -794,6 +858,7 @@ class Bench:
     warmup: float
     seconds: float
     fast_path: bool = True
+    generator: Path | None = None  # the compiled pcm_calls; None: PcmCall in this process
     pcm: list[tuple[int, PcmResult, PcmResult]] = field(default_factory=list)
     opus: list[tuple[int, OpusResult]] = field(default_factory=list)
 
@@ -814,6 +879,8 @@ class Bench:
             server.proc.stop()
 
     def _pcm(self, server: Server, n: int, warmup: float, seconds: float) -> Awaitable[PcmResult]:
+        if self.generator is not None:
+            return pcm_load_native(server, self.load_pids, n, warmup, seconds, exe=self.generator)
         return pcm_load(server, self.load_pids, n, warmup, seconds)
 
     def _opus(self, server: Server, n: int, warmup: float, seconds: float) -> Awaitable[OpusResult]:
@@ -851,7 +918,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def header(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> str:
+def header(args: argparse.Namespace, cores: tuple[int | None, int | None], generator: Path | None) -> str:
     load1, load5, _ = os.getloadavg()
     lines = [
         f"# worker load benchmark, {time.strftime('%Y-%m-%d %H:%M')}",
@@ -859,7 +926,8 @@ def header(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> st
         f"load generator + provider on core {cores[1]}; Python {platform.python_version()}",
         f"load average before the run: {load1:.2f} (1 min), {load5:.2f} (5 min)",
         f"each call: {args.warmup:g} s warm-up + {args.seconds:g} s measured, 20 ms frames",
-        f"worker FAST_PATH={'true' if args.fast_path == 'on' else 'false'}",
+        f"worker FAST_PATH={'true' if args.fast_path == 'on' else 'false'}; PCM load generator: "
+        + ("pcm_calls.c" if generator is not None else "Python (PcmCall)"),
     ]
     if load1 > 0.5:
         lines.append("warning: the machine is busy; figures will be noisy")
@@ -870,14 +938,16 @@ def progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run_all(args: argparse.Namespace) -> Bench:
+def run_all(args: argparse.Namespace, workdir: Path) -> Bench:
     cores = choose_cores()
     if cores[1] is not None:
         os.sched_setaffinity(0, {cores[1]})
-    print(header(args, cores), flush=True)
+    generator = build_generator(workdir) if args.generator == "c" else None
+    print(header(args, cores, generator), flush=True)
     provider, sts_port = start_provider(cores[1])
     max_calls = max([*args.calls, *args.opus_calls, 1]) + 16
     bench = Bench(cores[0], cores[1], provider, sts_port, max_calls, args.warmup, args.seconds, args.fast_path == "on")
+    bench.generator = generator
     try:
         for n in args.calls:
             worker, floor = bench.pcm_worker(n), bench.pcm_floor(n)
@@ -1065,6 +1135,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the worker's compiled data plane (FAST_PATH); off measures the Python path",
     )
     parser.add_argument(
+        "--generator",
+        choices=("c", "python"),
+        default="c",
+        help="the PCM load generator: pcm_calls.c (built with the C compiler) or PcmCall in this process",
+    )
+    parser.add_argument(
         "--wait-quiet", type=float, default=0.0, help="wait up to this many seconds for a 1-min load average ≤ 0.5"
     )
     args = parser.parse_args(argv)
@@ -1084,7 +1160,8 @@ def wait_quiet(limit_s: float, threshold: float = 0.5) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     wait_quiet(args.wait_quiet)
-    bench = run_all(args)
+    with tempfile.TemporaryDirectory() as workdir:
+        bench = run_all(args, Path(workdir))
     print(report(bench), flush=True)
 
 
