@@ -504,20 +504,45 @@ class PcmResult(Costs):
     lag_p99_ms: float
     pacer_late: int | None = None  # worker only: its pacer's slots that fired > 5 ms late, in the window
     relayed: int | None = None  # worker only: calls moved to the compiled data plane
+    dropped: int | None = None  # worker only: frames it dropped on purpose in the window (all reasons)
+    drop_reasons: dict[str, int] = field(default_factory=dict)
 
 
-def worker_counters(http_port: int | None) -> tuple[int, int] | None:
-    """The worker's ``avr_frames_late_total`` (slots its pacers fired late) and ``avr_calls_relayed_total``
-    (None for the floor)."""
+@dataclass(frozen=True)
+class WorkerCounters:
+    """What the worker's /metrics says about itself: pacer slots fired > 5 ms late, calls relayed in C, and frames
+    it dropped on purpose by reason (``avr_frames_dropped_total``)."""
+
+    late: int
+    relayed: int
+    dropped: dict[str, int]
+
+
+def worker_counters(http_port: int | None) -> WorkerCounters | None:
+    """None for the floor."""
     if http_port is None:
         return None
-    values = {"avr_frames_late_total": 0, "avr_calls_relayed_total": 0}
+    late = relayed = 0
+    dropped: dict[str, int] = {}
     with urllib.request.urlopen(f"http://{HOST}:{http_port}/metrics", timeout=5) as resp:
         for line in resp.read().decode().splitlines():
-            name, _, value = line.partition(" ")
-            if name in values:
-                values[name] = int(float(value))
-    return values["avr_frames_late_total"], values["avr_calls_relayed_total"]
+            name, _, value = line.rpartition(" ")
+            if name == "avr_frames_late_total":
+                late = int(float(value))
+            elif name == "avr_calls_relayed_total":
+                relayed = int(float(value))
+            elif name.startswith('avr_frames_dropped_total{reason="'):
+                dropped[name.split('"')[1]] = int(float(value))
+    return WorkerCounters(late, relayed, dropped)
+
+
+def apply_counters(result: PcmResult, before: WorkerCounters | None, after: WorkerCounters | None) -> None:
+    """The window's share of the worker's counters (the relayed count is a total)."""
+    if before is not None and after is not None:
+        result.pacer_late = after.late - before.late
+        result.relayed = after.relayed
+        result.dropped = sum(after.dropped.values()) - sum(before.dropped.values())
+        result.drop_reasons = {k: v - before.dropped.get(k, 0) for k, v in after.dropped.items()}
 
 
 async def connect_pcm(server: Server, n: int, frames: int, window: Window) -> list[PcmCall]:
@@ -565,9 +590,7 @@ async def pcm_load(server: Server, load_pids: Sequence[int], n: int, warmup: flo
     if closing:
         await asyncio.wait(closing, timeout=3)
     result = summarise_pcm(calls, usage, idle)
-    if before is not None and after is not None:
-        result.pacer_late = after[0] - before[0]
-        result.relayed = after[1]
+    apply_counters(result, before, after)
     return result
 
 
@@ -651,9 +674,7 @@ async def pcm_load_native(
         silence=silence,
         lag_p99_ms=ms(values[n_rtt : n_rtt + n_lag], 99),
     )
-    if before is not None and after is not None:
-        result.pacer_late = after[0] - before[0]
-        result.relayed = after[1]
+    apply_counters(result, before, after)
     return result
 
 
@@ -979,6 +1000,14 @@ def triple(values: npt.NDArray[np.int64], minus: npt.NDArray[np.int64] | None = 
     return " / ".join(f"{v:.2f}" for v in got)
 
 
+def drops(r: PcmResult) -> str:
+    """Frames the worker dropped in the window, with the reasons that have any (the lost column counts them)."""
+    if r.dropped is None:
+        return "-"
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(r.drop_reasons.items()) if v)
+    return f"{r.dropped} ({reasons})" if reasons else str(r.dropped)
+
+
 def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" for _ in head) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -1032,6 +1061,7 @@ def pcm_latency_table(rows: Sequence[tuple[int, PcmResult, PcmResult]]) -> str:
         "pacer late slots (w)",
         "client send lag p99 ms (w / f)",
         "calls relayed in C (w)",
+        "worker drops (reason)",
     )
     body = [
         (
@@ -1045,6 +1075,7 @@ def pcm_latency_table(rows: Sequence[tuple[int, PcmResult, PcmResult]]) -> str:
             "-" if w.pacer_late is None else str(w.pacer_late),
             f"{w.lag_p99_ms:.2f} / {f.lag_p99_ms:.2f}",
             "-" if w.relayed is None else str(w.relayed),
+            drops(w),
         )
         for n, w, f in rows
     ]

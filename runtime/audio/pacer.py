@@ -8,8 +8,9 @@ provider so streamed audio waits about ``margin`` in the worker instead of up to
   only ``margin``;
 - audio that is late for its slot by up to ``margin`` is still sent at once instead of a silence frame (grace);
 - a stream that keeps a steady backlog (audio arriving in real time behind a late frame or a stall) loses it, so
-  one hiccup does not add latency for the rest of the call: up to three frames are drained by sending ``max_slew``
-  early (nothing is dropped) once the backlog has lasted three frames, a larger one is dropped after a second;
+  one hiccup does not add latency for the rest of the call: up to ten frames (200 ms) are drained by sending
+  ``max_slew`` early (nothing is dropped) once the backlog has lasted three frames, a larger one is dropped after a
+  second;
   replies generated faster than real time (their backlog grows or drains) are never touched;
 - the last part of a reply that does not fill a frame is padded with silence and played once it has waited a
   period with nothing after it.
@@ -33,7 +34,7 @@ LATE_AFTER: Final = 0.005
 TRIM_AFTER_TICKS: Final = 50
 STEADY_SPREAD: Final = 2
 DRAIN_AFTER_TICKS: Final = 3
-DRAIN_MAX_FRAMES: Final = 3
+DRAIN_MAX_FRAMES: Final = 10
 
 
 class PacerState(NamedTuple):
@@ -183,8 +184,9 @@ class Pacer:
         time after a stall or a late frame keeps a steady backlog for as long as the stream lasts. Only the second
         kind is acted on, once its backlog has stayed within ``STEADY_SPREAD`` frames: up to ``DRAIN_MAX_FRAMES``
         after ``DRAIN_AFTER_TICKS`` slots, by sending ``max_slew`` early until it is gone (nothing is lost; with the
-        default 5 ms, 3 frames take 12 slots); more than that after ``TRIM_AFTER_TICKS`` slots, by dropping it.
-        Three slots, because a stream delivered in chunks of 40 or 60 ms leaves a backlog that never lasts three.
+        default 5 ms, 1 frame takes 4 slots, 10 frames 40); more than that after ``TRIM_AFTER_TICKS`` slots, by
+        dropping it. Three slots, because a stream delivered in chunks of 40 or 60 ms leaves a backlog that never
+        lasts three. Ten frames, because draining them is quicker than the second a trim waits, and loses nothing.
         """
         if backlog == 0:
             self._backlog_ticks = 0

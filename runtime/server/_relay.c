@@ -42,7 +42,7 @@
 #define TRIM_AFTER_TICKS 50
 #define STEADY_SPREAD 2
 #define DRAIN_AFTER_TICKS 3
-#define DRAIN_MAX_FRAMES 3
+#define DRAIN_MAX_FRAMES 10
 #define MAX_EVENTS 256
 
 static const char AUDIO_PREFIX[] = "{\"type\":\"audio\",\"audio\":\"";

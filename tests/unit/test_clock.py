@@ -91,7 +91,8 @@ async def test_many_pacers_on_one_clock_keep_the_20ms_cadence() -> None:
     for times in sends.values():
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert len(gaps) >= 20
-        assert min(gaps) >= 0.018 - TOL, "two frames closer than 18 ms"
+        closest = pacers[0].period - pacers[0].max_slew  # a late slot may be followed by one max_slew early
+        assert min(gaps) >= closest - TOL, f"two frames closer than {closest * 1000:.0f} ms"
         assert sum(gaps) / len(gaps) == pytest.approx(0.02, abs=0.0015)  # the grid is kept, no drift
     # timers are shared: far fewer loop timers than frames
     frames = sum(len(times) for times in sends.values())

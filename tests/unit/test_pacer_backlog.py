@@ -1,4 +1,5 @@
-"""The pacer's backlog trim: latency a live stream cannot drain is cut; replies faster than real time never are."""
+"""The pacer's backlog: latency a live stream cannot lose by itself is drained, or cut when it is larger than
+DRAIN_MAX_FRAMES; replies faster than real time are never touched."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import itertools
 
 from avr_runtime.audio.buffer import PlayoutBuffer
-from avr_runtime.audio.pacer import TRIM_AFTER_TICKS, Pacer
+from avr_runtime.audio.pacer import DRAIN_MAX_FRAMES, TRIM_AFTER_TICKS, Pacer
 
 PERIOD = 0.02
 
@@ -30,21 +31,36 @@ class Run:
         self.pacer.audio_arrived(was_empty)
 
 
-async def test_a_steady_backlog_behind_a_stall_is_cut() -> None:
-    run = Run()
+async def stall_then_real_time(run: Run, stalled: int) -> int:
+    """``stalled`` frames queued at once (a stall), then audio arriving in real time for two trim periods."""
     run.pacer.start()
-    # a stall left 6 frames queued; then audio keeps arriving in real time, one frame per period
-    for i in range(6):
+    for i in range(stalled):
         run.push(frame(i))
     loop = asyncio.get_running_loop()
     start = loop.time()
-    for i in range(6, 6 + 2 * TRIM_AFTER_TICKS):
-        await asyncio.sleep(max(0.0, start + (i - 6) * PERIOD - loop.time()))
+    total = stalled + 2 * TRIM_AFTER_TICKS
+    for i in range(stalled, total):
+        await asyncio.sleep(max(0.0, start + (i - stalled) * PERIOD - loop.time()))
         run.push(frame(i))
     await asyncio.sleep(0.1)
     run.pacer.stop()
+    return total
+
+
+async def test_a_steady_backlog_behind_a_stall_is_drained_without_dropping_anything() -> None:
+    run = Run()
+    total = await stall_then_real_time(run, 8)
+    assert not run.dropped
+    assert len(run.buf) <= 2, "what is left queued is at most the arrival jitter"
+    assert [f for f in run.sent if any(f)] == [frame(i) for i in range(total - len(run.buf))], "in order, all of it"
+
+
+async def test_a_steady_backlog_too_large_to_drain_is_cut() -> None:
+    run = Run()
+    stalled = DRAIN_MAX_FRAMES + 6
+    await stall_then_real_time(run, stalled)
     assert run.dropped, "the backlog was never trimmed"
-    assert 4 <= sum(run.dropped) <= 7, "about the stall's six frames, not more"
+    assert stalled - 3 <= sum(run.dropped) <= stalled + 1, "about the stall's frames, not more"
     assert len(run.buf) <= 2, "what is left queued is at most the arrival jitter"
 
 

@@ -29,6 +29,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from avr_runtime.audio.buffer import Overflow, PlayoutBuffer
+from avr_runtime.audio.pacer import DRAIN_MAX_FRAMES, TRIM_AFTER_TICKS
 from avr_runtime.config import Settings
 from avr_runtime.protocol import audiosocket as wire
 from avr_runtime.protocol import websocket as ws
@@ -833,22 +834,33 @@ async def test_a_stalled_loop_restarts_the_grid_instead_of_bursting(make_rig: Ma
     assert rig.take()["late"] >= 1
 
 
-async def test_a_steady_backlog_behind_a_stall_is_cut(make_rig: MakeRig) -> None:
+@pytest.mark.parametrize(("stalled", "drained"), [(6, True), (DRAIN_MAX_FRAMES + 6, False)])
+async def test_a_steady_backlog_behind_a_stall_is_drained_or_if_too_large_cut(
+    make_rig: MakeRig, stalled: int, drained: bool
+) -> None:
+    """As pacer.py: up to DRAIN_MAX_FRAMES of backlog is drained by sending early (here 2 ms, so it takes up to
+    100 slots), a larger one is dropped after TRIM_AFTER_TICKS."""
     rig = await make_rig()
-    # a stall left 6 frames queued; then audio keeps arriving in real time, one frame per period
-    for i in range(6):
+    # a stall left frames queued; then audio keeps arriving in real time, one frame per period
+    for i in range(stalled):
         rig.relay.push(frame_n(i))
     start = time.monotonic()
-    for i in range(6, 6 + 2 * 50):
-        await asyncio.sleep(max(0.0, start + (i - 6) * PERIOD - time.monotonic()))
+    total = stalled + 2 * TRIM_AFTER_TICKS + (100 if drained else 0)
+    for i in range(stalled, total):
+        await asyncio.sleep(max(0.0, start + (i - stalled) * PERIOD - time.monotonic()))
         rig.relay.push(frame_n(i))
     await settle(0.1)
     rig.relay.stop()
     dropped = rig.take()["dropped_latency"]
-    assert 4 <= dropped <= 7, "about the stall's six frames, not more"
     assert rig.relay.queued <= 2, "what is left queued is at most the arrival jitter"
-    played = iter(frame_n(i) for i in range(106))
-    assert all(f in played for f in spoken(rig)), "in order, nothing invented"
+    if drained:
+        assert dropped == 0
+        assert spoken(rig) == [frame_n(i) for i in range(len(spoken(rig)))], "in order, all of it"
+        assert len(spoken(rig)) >= total - 2
+    else:
+        assert stalled - 3 <= dropped <= stalled + 1, "about the stall's frames, not more"
+        played = iter(frame_n(i) for i in range(total))
+        assert all(f in played for f in spoken(rig)), "in order, nothing invented"
 
 
 async def test_a_reply_faster_than_real_time_is_never_cut(make_rig: MakeRig) -> None:
