@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     playout_max_ms: int = Field(30_000, ge=100, le=600_000)
     playout_overflow: Overflow = Overflow.DROP_OLDEST
     playout_margin_ms: float = Field(4.0, ge=0.0, le=20.0)
+    playout_grace_ms: float = Field(
+        8.0, ge=0.0, le=15.0, description="How long a slot waits for late provider audio before it plays silence."
+    )
     playout_max_slew_ms: float = Field(
         5.0, ge=0.0, le=10.0, description="How much earlier than a period the pacer may send, to lock on or catch up."
     )

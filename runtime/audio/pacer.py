@@ -6,7 +6,8 @@ provider so streamed audio waits about ``margin`` in the worker instead of up to
 
 - audio arriving into an empty buffer pulls the next slot earlier (at most ``max_slew`` per frame) until it waits
   only ``margin``;
-- audio that is late for its slot by up to ``margin`` is still sent at once instead of a silence frame (grace);
+- audio that is late for its slot by up to ``grace`` (default: ``margin``) is still sent at once instead of a
+  silence frame;
 - a stream that keeps a steady backlog (audio arriving in real time behind a late frame or a stall) loses it, so
   one hiccup does not add latency for the rest of the call: up to ten frames (200 ms) are drained by sending
   ``max_slew`` early (nothing is dropped) once the backlog has lasted three frames, a larger one is dropped after a
@@ -71,6 +72,7 @@ class Pacer:
         "_silence",
         "_talking",
         "buffer",
+        "grace",
         "margin",
         "max_slew",
         "period",
@@ -84,6 +86,7 @@ class Pacer:
         *,
         period: float = 0.02,
         margin: float = 0.004,
+        grace: float | None = None,
         max_slew: float = 0.005,
         on_late: Callable[[], None] | None = None,
         on_drop: Callable[[int], None] | None = None,
@@ -93,6 +96,7 @@ class Pacer:
         self.buffer = buffer
         self.period = period
         self.margin = margin
+        self.grace = margin if grace is None else grace  # how long a slot waits for late audio before silence
         self.max_slew = max_slew
         self._send = send  # (frame, seconds the audio waited here; None for silence)
         self._silence = silence
@@ -148,7 +152,7 @@ class Pacer:
             return
         now = loop.time()
         if self._grace:
-            # late by less than the margin: play it now rather than after a silence frame
+            # late by less than the grace: play it now rather than after a silence frame
             self._handle.cancel()
             self._grace = False
             self._emit(now)
@@ -220,7 +224,7 @@ class Pacer:
             self._send(self._silence, None)
             self._talking = False
             self._earliest = now + self.period - self.max_slew
-            self._next = max(slot - self.margin + self.period, self._earliest)
+            self._next = max(slot - self.grace + self.period, self._earliest)
             self._handle = self._call_at(self._next, self._tick)
             return
         buffer = self.buffer
@@ -230,9 +234,9 @@ class Pacer:
         lateness = now - slot
         if lateness > LATE_AFTER and self._on_late:
             self._on_late()
-        if not buffer and self._talking and self.margin > 0:
+        if not buffer and self._talking and self.grace > 0:
             self._grace = True
-            self._next = slot + self.margin
+            self._next = slot + self.grace
             self._handle = self._call_at(self._next, self._tick)
             return
         # a stalled loop restarts the grid from now instead of catching up in a burst

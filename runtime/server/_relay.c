@@ -130,7 +130,7 @@ typedef struct Relay {
     double partial_since;
     /* pacer */
     int pacing;
-    double period, margin, max_slew;
+    double period, margin, grace_window, max_slew;
     double next, earliest;
     int talking, grace, draining;
     int backlog_ticks, backlog_min, backlog_max;
@@ -378,7 +378,7 @@ static void pacer_tick(Relay *r, double now) {
         pacer_send(r, NULL, 0.0, 1);
         r->talking = 0;
         r->earliest = now + r->period - r->max_slew;
-        double next = slot - r->margin + r->period;
+        double next = slot - r->grace_window + r->period;
         r->next = next > r->earliest ? next : r->earliest;
         return;
     }
@@ -386,9 +386,9 @@ static void pacer_tick(Relay *r, double now) {
         r->engine->dropped_overflow += (unsigned long long)playout_flush_partial(r, r->partial_since);
     double lateness = now - slot;
     if (lateness > LATE_AFTER) r->engine->late++;
-    if (r->count == 0 && r->talking && r->margin > 0) {
+    if (r->count == 0 && r->talking && r->grace_window > 0) {
         r->grace = 1;
-        r->next = slot + r->margin;
+        r->next = slot + r->grace_window;
         return;
     }
     pacer_emit(r, lateness > r->period ? now : slot, now);
@@ -804,14 +804,15 @@ static int side_init(Engine *e, Relay *r, int which, int fd, PyObject *protocol,
 static PyObject *Engine_add(Engine *e, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"as_fd",   "ws_fd",         "as_protocol", "ws_protocol", "next_slot",   "earliest",
                              "capacity", "drop_newest",  "period",      "margin",      "max_slew",    "talking",
-                             "grace",    "draining",     "backlog_ticks", "backlog_min", "backlog_max", NULL};
+                             "grace",    "draining",     "backlog_ticks", "backlog_min", "backlog_max", "grace_window",
+                             NULL};
     int as_fd, ws_fd, capacity, drop_newest, talking = 0, grace = 0, draining = 0;
     int backlog_ticks = 0, backlog_min = 0, backlog_max = 0;
     PyObject *as_proto, *ws_proto;
-    double next, earliest, period, margin, max_slew;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOOddipddd|pppiii", kwlist, &as_fd, &ws_fd, &as_proto, &ws_proto,
+    double next, earliest, period, margin, max_slew, grace_window = -1.0; /* < 0: the margin, as Pacer's default */
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOOddipddd|pppiiid", kwlist, &as_fd, &ws_fd, &as_proto, &ws_proto,
                                      &next, &earliest, &capacity, &drop_newest, &period, &margin, &max_slew, &talking,
-                                     &grace, &draining, &backlog_ticks, &backlog_min, &backlog_max))
+                                     &grace, &draining, &backlog_ticks, &backlog_min, &backlog_max, &grace_window))
         return NULL;
     if (capacity < 1) {
         PyErr_SetString(PyExc_ValueError, "capacity must be positive");
@@ -827,6 +828,7 @@ static PyObject *Engine_add(Engine *e, PyObject *args, PyObject *kwds) {
     r->drop_newest = drop_newest;
     r->period = period;
     r->margin = margin;
+    r->grace_window = grace_window < 0 ? margin : grace_window;
     r->max_slew = max_slew;
     r->next = next;
     r->earliest = earliest;

@@ -57,6 +57,7 @@ class Call:
             self._send,
             pcm.silence(pcm.SLIN8_FRAME_BYTES),
             margin=s.playout_margin_ms / 1000,
+            grace=s.playout_grace_ms / 1000,
             max_slew=s.playout_max_slew_ms / 1000,
             on_late=metrics.FRAMES_LATE.inc,
             on_drop=metrics.FRAMES_DROPPED.labels("latency").inc,

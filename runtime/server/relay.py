@@ -138,6 +138,7 @@ class Relays:
                 drop_newest=playout.policy is Overflow.DROP_NEWEST,
                 period=pacer.period,
                 margin=pacer.margin,
+                grace_window=pacer.grace,
                 max_slew=pacer.max_slew,
                 talking=state.talking,
                 grace=state.grace,

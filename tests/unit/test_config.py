@@ -38,7 +38,8 @@ def test_defaults_are_avr_defaults() -> None:
     assert s.webhook_timeout == 3000
     assert s.webhook_retry == 0
     assert s.mode == "none"
-    assert (s.playout_margin_ms, s.playout_max_slew_ms, s.fast_path, s.fast_path_poll_ms) == (4.0, 5.0, True, 1.0)
+    assert (s.playout_margin_ms, s.playout_grace_ms, s.playout_max_slew_ms) == (4.0, 8.0, 5.0)
+    assert (s.fast_path, s.fast_path_poll_ms) == (True, 1.0)
 
 
 def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,6 +68,7 @@ def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         "WEBHOOK_TIMEOUT": "1000",
         "WEBHOOK_RETRY": "2",
         "PLAYOUT_MAX_SLEW_MS": "2",
+        "PLAYOUT_GRACE_MS": "4",
         "FAST_PATH_POLL_MS": "0",
     }
     for k, v in env.items():
@@ -87,7 +89,7 @@ def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.webhook_secret.get_secret_value() == "s3cret-value"
     assert "s3cret-value" not in repr(s)
     assert (s.webhook_timeout, s.webhook_retry) == (1000, 2)
-    assert (s.playout_max_slew_ms, s.fast_path_poll_ms) == (2.0, 0.0)
+    assert (s.playout_max_slew_ms, s.fast_path_poll_ms, s.playout_grace_ms) == (2.0, 0.0, 4.0)
 
 
 def test_lowercase_env_names_work(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,6 +146,8 @@ def test_partial_chain_is_rejected(monkeypatch: pytest.MonkeyPatch, present: tup
         ("CACHE_MAX_SIZE", "-1"),
         ("RATE_LIMIT", "0"),
         ("PLAYOUT_MAX_SLEW_MS", "-1"),
+        ("PLAYOUT_GRACE_MS", "-1"),
+        ("PLAYOUT_GRACE_MS", "16"),
         ("PLAYOUT_MAX_SLEW_MS", "15"),
         ("FAST_PATH_POLL_MS", "-0.5"),
         ("FAST_PATH_POLL_MS", "50"),

@@ -6,6 +6,8 @@ import asyncio
 import statistics
 from dataclasses import dataclass, field
 
+import pytest
+
 from avr_runtime.audio.buffer import PlayoutBuffer
 from avr_runtime.audio.pacer import Pacer
 
@@ -40,11 +42,13 @@ def frame(i: int) -> bytes:
     return bytes([1 + i % 250]) * 320
 
 
-def make(margin: float = 0.004, max_slew: float = 0.002) -> tuple[Pacer, Recorder, PlayoutBuffer]:
+def make(
+    margin: float = 0.004, max_slew: float = 0.002, grace: float | None = None
+) -> tuple[Pacer, Recorder, PlayoutBuffer]:
     loop = asyncio.get_running_loop()
     rec = Recorder(loop)
     buf = PlayoutBuffer(320, capacity=500)
-    pacer = Pacer(buf, rec, SILENCE, period=PERIOD, margin=margin, max_slew=max_slew)
+    pacer = Pacer(buf, rec, SILENCE, period=PERIOD, margin=margin, grace=grace, max_slew=max_slew)
     return pacer, rec, buf
 
 
@@ -160,8 +164,41 @@ async def test_grace_plays_slightly_late_audio_instead_of_silence() -> None:
     assert_min_spacing(rec, pacer)
 
 
-async def test_grace_expires_into_silence_and_keeps_spacing() -> None:
-    pacer, rec, buf = make(margin=0.004, max_slew=0.002)
+@pytest.mark.parametrize(("grace", "played"), [(None, False), (0.012, True)])
+async def test_a_grace_longer_than_the_margin_plays_later_audio_instead_of_silence(
+    grace: float | None, played: bool
+) -> None:
+    """Audio 8 ms late for its slot: past the 4 ms margin, which is also the grace by default (silence, then the
+    frame a period later); within a 12 ms grace (PLAYOUT_GRACE_MS), played as it arrives."""
+    pacer, rec, buf = make(margin=0.004, max_slew=0.005, grace=grace)
+    loop = asyncio.get_running_loop()
+    slots: list[float] = []
+
+    def on_send(frame_: bytes, wait: float | None) -> None:
+        Recorder.__call__(rec, frame_, wait)
+        if frame_ == frame(0):
+            slots.append(loop.time())
+            loop.call_at(loop.time() + PERIOD + 0.008, push, pacer, buf, frame(1))
+
+    pacer._send = on_send
+    pacer.start()
+    await asyncio.sleep(0.05)
+    push(pacer, buf, frame(0))
+    await asyncio.sleep(0.2)
+    pacer.stop()
+    frames = [s.frame for s in rec.sent]
+    i = frames.index(frame(0))
+    if played:
+        assert frames[i + 1] == frame(1), "late audio was replaced by silence"
+        assert rec.sent[i + 1].t - slots[0] == pytest.approx(PERIOD + 0.008, abs=0.003)
+    else:
+        assert frames[i + 1 : i + 3] == [SILENCE, frame(1)]
+    assert_min_spacing(rec, pacer)
+
+
+@pytest.mark.parametrize("grace", [None, 0.008])
+async def test_grace_expires_into_silence_and_keeps_spacing(grace: float | None) -> None:
+    pacer, rec, buf = make(margin=0.004, max_slew=0.005, grace=grace)
     pacer.start()
     await asyncio.sleep(0.05)
     push(pacer, buf, frame(0) + frame(1))
@@ -173,7 +210,7 @@ async def test_grace_expires_into_silence_and_keeps_spacing() -> None:
     assert all(f == SILENCE for f in frames[i + 1 :])
     assert len(frames) - i - 1 >= 8
     # the first silence after speech waited for the grace period
-    assert rec.sent[i + 1].t - rec.sent[i].t >= PERIOD + pacer.margin - TOL
+    assert rec.sent[i + 1].t - rec.sent[i].t >= PERIOD + pacer.grace - TOL
     assert_min_spacing(rec, pacer)
 
 

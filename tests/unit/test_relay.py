@@ -273,6 +273,7 @@ async def make_rig(request: pytest.FixtureRequest) -> AsyncIterator[MakeRig]:
         capacity: int = 500,
         drop_newest: bool = False,
         margin: float = MARGIN,
+        grace_window: float = -1.0,
         max_message: int = MAX_MESSAGE,
         ws_bufsize: int = 0,
     ) -> Rig:
@@ -296,6 +297,7 @@ async def make_rig(request: pytest.FixtureRequest) -> AsyncIterator[MakeRig]:
             period=PERIOD,
             margin=margin,
             max_slew=MAX_SLEW,
+            grace_window=grace_window,
         )
         rig = Rig(engine, relay, asterisk, provider, as_proto, ws_proto)
         made.append(rig)
@@ -832,6 +834,26 @@ async def test_a_stalled_loop_restarts_the_grid_instead_of_bursting(make_rig: Ma
     assert min(gaps(after)) >= PERIOD - MAX_SLEW - 0.0025, "no catching up in a burst"
     assert spoken(rig) == [frame_n(i) for i in range(10)], "no slot skipped, nothing lost"
     assert rig.take()["late"] >= 1
+
+
+@pytest.mark.parametrize(("grace_window", "played"), [(-1.0, False), (0.012, True)])
+async def test_the_grace_window_plays_later_audio_instead_of_silence(
+    make_rig: MakeRig, grace_window: float, played: bool
+) -> None:
+    """As pacer.py: audio 8 ms late for its slot gets a silence frame first with the default grace (the 4 ms
+    margin), and is played as it arrives within a 12 ms grace window."""
+    rig = await make_rig(grace_window=grace_window)
+    await settle(0.05)
+    rig.relay.push(frame_n(0))
+    assert await until(lambda: frame_n(0) in spoken(rig))
+    slot = rig.asterisk.arrivals[-1]
+    await asyncio.sleep(max(0.0, slot + PERIOD + 0.008 - time.monotonic()))
+    rig.relay.push(frame_n(1))
+    assert await until(lambda: frame_n(1) in spoken(rig))
+    await settle(0.1)
+    audio = rig.asterisk.audio()
+    i = audio.index(frame_n(0))
+    assert audio[i + 1 : i + 3] == ([frame_n(1), SILENCE] if played else [SILENCE, frame_n(1)])
 
 
 @pytest.mark.parametrize(("stalled", "drained"), [(6, True), (DRAIN_MAX_FRAMES + 6, False)])
