@@ -11,8 +11,7 @@ provider so streamed audio waits about ``margin`` in the worker instead of up to
 - a stream that keeps a steady backlog (audio arriving in real time behind a late frame or a stall) loses it, so
   one hiccup does not add latency for the rest of the call: up to ten frames (200 ms) are drained by sending
   ``max_slew`` early (nothing is dropped) once the backlog has lasted three frames, a larger one is dropped after a
-  second;
-  replies generated faster than real time (their backlog grows or drains) are never touched;
+  second; replies generated faster than real time (their backlog grows or drains) are never touched;
 - the last part of a reply that does not fill a frame is padded with silence and played once it has waited a
   period with nothing after it.
 """
