@@ -26,11 +26,15 @@ async def test_slots_fire_in_their_millisecond_and_never_early() -> None:
         clock.call_at(when, lambda i=i: fired.__setitem__(i, loop.time()))  # type: ignore[misc]
     # slots are coalesced: at most one loop timer per millisecond of the span
     assert len(clock._buckets) <= 56
+    # the loop's own lateness, from a plain timer per slot: a stalled machine makes both late, not the clock
+    reference: dict[int, float] = {}
+    for i, when in enumerate(due):
+        loop.call_at(when, lambda i=i: reference.__setitem__(i, loop.time()))  # type: ignore[misc]
     await asyncio.sleep(0.1)
     assert len(fired) == 300 and clock.pending == 0
     for i, when in enumerate(due):
         assert fired[i] >= when - TOL, "fired early"
-        assert fired[i] <= when + clock.resolution + 0.05  # late only by the loop's own lateness
+        assert fired[i] <= max(reference[i], when) + clock.resolution + 0.01, "late beyond its millisecond"
 
 
 async def test_cancelled_slots_do_not_fire_and_a_failing_one_does_not_stop_the_rest() -> None:
