@@ -138,16 +138,17 @@ async def test_stream_in_half_frames_never_bursts() -> None:
     assert_min_spacing(rec, pacer)
 
 
-async def test_grace_plays_slightly_late_audio_instead_of_silence() -> None:
-    margin = 0.012
-    pacer, rec, buf = make(margin=margin, max_slew=0.002)
+async def second_frame_late(pacer: Pacer, rec: Recorder, buf: PlayoutBuffer, late: float) -> tuple[int, float]:
+    """Play frame 0, then push frame 1 ``late`` seconds after its slot (one period after frame 0 was sent). Returns
+    the index of frame 0 in ``rec.sent`` and the time it was sent."""
     loop = asyncio.get_running_loop()
+    sent_at: list[float] = []
 
     def on_send(frame_: bytes, wait: float | None) -> None:
         Recorder.__call__(rec, frame_, wait)
         if frame_ == frame(0):
-            # the next frame is 3 ms late for its slot: within the margin
-            loop.call_at(loop.time() + PERIOD + 0.003, push, pacer, buf, frame(1))
+            sent_at.append(loop.time())
+            loop.call_at(loop.time() + PERIOD + late, push, pacer, buf, frame(1))
 
     pacer._send = on_send
     pacer.start()
@@ -155,8 +156,14 @@ async def test_grace_plays_slightly_late_audio_instead_of_silence() -> None:
     push(pacer, buf, frame(0))
     await asyncio.sleep(0.2)
     pacer.stop()
+    return [s.frame for s in rec.sent].index(frame(0)), sent_at[0]
+
+
+async def test_grace_plays_slightly_late_audio_instead_of_silence() -> None:
+    margin = 0.012
+    pacer, rec, buf = make(margin=margin, max_slew=0.002)
+    i, _ = await second_frame_late(pacer, rec, buf, 0.003)  # 3 ms late for its slot: within the margin
     frames = [s.frame for s in rec.sent]
-    i = frames.index(frame(0))
     assert frames[i + 1] == frame(1), "late audio was replaced by silence"
     late = rec.sent[i + 1]
     assert late.wait is not None and late.wait < margin  # sent as soon as it arrived
@@ -171,26 +178,11 @@ async def test_a_grace_longer_than_the_margin_plays_later_audio_instead_of_silen
     """Audio 8 ms late for its slot: past the 4 ms margin, which is also the grace by default (silence, then the
     frame a period later); within a 12 ms grace (PLAYOUT_GRACE_MS), played as it arrives."""
     pacer, rec, buf = make(margin=0.004, max_slew=0.005, grace=grace)
-    loop = asyncio.get_running_loop()
-    slots: list[float] = []
-
-    def on_send(frame_: bytes, wait: float | None) -> None:
-        Recorder.__call__(rec, frame_, wait)
-        if frame_ == frame(0):
-            slots.append(loop.time())
-            loop.call_at(loop.time() + PERIOD + 0.008, push, pacer, buf, frame(1))
-
-    pacer._send = on_send
-    pacer.start()
-    await asyncio.sleep(0.05)
-    push(pacer, buf, frame(0))
-    await asyncio.sleep(0.2)
-    pacer.stop()
+    i, first_sent = await second_frame_late(pacer, rec, buf, 0.008)
     frames = [s.frame for s in rec.sent]
-    i = frames.index(frame(0))
     if played:
         assert frames[i + 1] == frame(1), "late audio was replaced by silence"
-        assert rec.sent[i + 1].t - slots[0] == pytest.approx(PERIOD + 0.008, abs=0.003)
+        assert rec.sent[i + 1].t - first_sent == pytest.approx(PERIOD + 0.008, abs=0.003)
     else:
         assert frames[i + 1 : i + 3] == [SILENCE, frame(1)]
     assert_min_spacing(rec, pacer)
