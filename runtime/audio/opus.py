@@ -6,9 +6,11 @@ its OpusError raises, so this module validates sizes itself and reports libopus 
 
 from __future__ import annotations
 
-from typing import Final
+import ctypes
+from typing import Any, Final
 
 import opuslib
+import opuslib.api
 
 from avr_runtime.audio import pcm
 
@@ -44,7 +46,7 @@ def _libopus(exc: opuslib.OpusError) -> OpusFrameError:
 
 
 class OpusEncoder:
-    __slots__ = ("_bytes_per_frame", "_enc", "channels", "frame_size", "sample_rate")
+    __slots__ = ("_bytes_per_frame", "_enc", "bitrate", "channels", "frame_size", "sample_rate")
 
     def __init__(
         self,
@@ -68,6 +70,7 @@ class OpusEncoder:
             raise OpusFrameError(f"complexity {complexity} outside 0..10")
         self.sample_rate = sample_rate
         self.channels = channels
+        self.bitrate = bitrate
         self.frame_size = frame_size
         self._bytes_per_frame = frame_size * channels * pcm.SAMPLE_WIDTH
         self._enc = opuslib.Encoder(sample_rate, channels, opuslib.APPLICATION_VOIP)
@@ -88,6 +91,11 @@ class OpusEncoder:
             return bytes(self._enc.encode(frame, self.frame_size))
         except opuslib.OpusError as exc:
             raise _libopus(exc) from None
+
+    def native(self) -> tuple[int, int]:
+        """``opus_encode``'s address and this encoder's state, for compiled code that encodes in its place. Valid
+        while this object lives."""
+        return _address(opuslib.api.libopus.opus_encode), _address(self._enc.encoder_state)
 
 
 class OpusDecoder:
@@ -111,3 +119,14 @@ class OpusDecoder:
             return bytes(self._dec.decode(packet, self._max_samples))
         except opuslib.OpusError as exc:
             raise _libopus(exc) from None
+
+    def native(self) -> tuple[int, int]:
+        """``opus_decode``'s address and this decoder's state (see OpusEncoder.native)."""
+        return _address(opuslib.api.libopus.opus_decode), _address(self._dec.decoder_state)
+
+
+def _address(obj: Any) -> int:
+    address = ctypes.cast(obj, ctypes.c_void_p).value
+    if not address:
+        raise OpusFrameError("libopus handle without an address")
+    return int(address)

@@ -14,6 +14,12 @@
  * that owned the socket before (its data_received), which stays the one place where protocol rules, DTMF,
  * hang-ups, provider events, pings and close handshakes are handled. Python writes go through Relay.write.
  *
+ * The caller's side is an AudioSocket connection, or the WebSocket stream leg of an Opus client (server/stream.py):
+ * then a binary frame from the client is decoded to 8 kHz PCM and forwarded the same way, and each pacer slot is
+ * encoded to one Opus packet in a binary frame. libopus is not linked here: Python hands over the addresses of
+ * opus_encode/opus_decode and of the call's own encoder and decoder (audio/opus.py, via opuslib), so the codec
+ * state carries on across the handover and the module builds without libopus headers.
+ *
  * Polling (poll_interval > 0, FAST_PATH_POLL_MS): the sockets sit in an epoll of their own that the event loop does
  * not watch, and are read when the timer fires, every poll interval. On the 2-vCPU VM of bench/runtime_load.py,
  * being woken by each peer's send cost the worker about 6,600 cross-core wake-ups a second at 500 calls; polling
@@ -44,6 +50,9 @@
 #define DRAIN_AFTER_TICKS 3
 #define DRAIN_MAX_FRAMES 10
 #define MAX_EVENTS 256
+#define OPUS_MAX_PACKET (1275 * 3) /* audio/opus.py MAX_PACKET */
+#define OPUS_MAX_SAMPLES 960       /* 120 ms at 8 kHz, the longest Opus packet: AS_MAX_AUDIO bytes of PCM */
+#define SILENCE_SETTLE_FRAMES 5    /* server/stream.py */
 
 static const char AUDIO_PREFIX[] = "{\"type\":\"audio\",\"audio\":\"";
 static const char AUDIO_SUFFIX[] = "\"}";
@@ -101,11 +110,16 @@ struct Engine;
 struct Relay;
 
 enum { SIDE_AS = 0, SIDE_WS = 1 };
+enum { CALLER_AUDIOSOCKET = 0, CALLER_OPUS_STREAM = 1 };
+
+typedef int32_t (*opus_encode_fn)(void *st, const int16_t *pcm, int frame_size, uint8_t *data, int32_t max_bytes);
+typedef int (*opus_decode_fn)(void *st, const uint8_t *data, int32_t len, int16_t *pcm, int frame_size, int fec);
 
 typedef struct {
     struct Relay *owner;
     int which;
     int fd;           /* -1 once closed */
+    size_t cap;       /* droppable audio is refused while more than this waits unsent */
     uint32_t events;  /* the epoll mask registered */
     PyObject *protocol;
     Buf in, out;
@@ -134,6 +148,15 @@ typedef struct Relay {
     double next, earliest;
     int talking, grace, draining;
     int backlog_ticks, backlog_min, backlog_max;
+    /* the caller's leg */
+    int caller;
+    size_t caller_max; /* stream leg: the largest message (server/stream.py MAX_MESSAGE) */
+    PyObject *opus_owner; /* what keeps the encoder and decoder alive while the relay uses them */
+    opus_encode_fn opus_encode;
+    opus_decode_fn opus_decode;
+    void *encoder, *decoder;
+    int silent_frames, silence_len;
+    uint8_t silence_packet[OPUS_MAX_PACKET];
     /* state */
     int ws_close_sent;
     unsigned long long frames_in;
@@ -206,7 +229,7 @@ static int side_write(Side *s, const uint8_t *d, size_t n, int droppable) {
         }
         d += r;
         n -= (size_t)r;
-    } else if (droppable && s->out.len + n > OUT_CAP) {
+    } else if (droppable && s->out.len + n > s->cap) {
         return 1;
     }
     if (buf_append(&s->out, d, n) < 0) {
@@ -312,8 +335,62 @@ static int playout_flush_partial(Relay *r, double now) {
 
 static void engine_arm(Engine *e, double when);
 
+static const uint8_t ZERO_FRAME[FRAME];
+
+/* One Opus packet in a server (unmasked) binary frame. Digital silence is encoded until the encoder has settled on
+ * it, then the same packet is repeated (server/stream.py StreamCodec._encode_opus: keep the two in step). */
+static void send_opus(Relay *r, const uint8_t *pcm) {
+    Side *s = &r->side[SIDE_AS];
+    uint8_t frame[4 + OPUS_MAX_PACKET];
+    uint8_t *packet = frame + 4;
+    int32_t len;
+    if (pcm != ZERO_FRAME && memcmp(pcm, ZERO_FRAME, FRAME) != 0) {
+        r->silent_frames = 0;
+        r->silence_len = 0;
+    } else if (r->silence_len) {
+        memcpy(packet, r->silence_packet, (size_t)r->silence_len);
+    } else {
+        r->silent_frames++;
+    }
+    if (r->silence_len) {
+        len = r->silence_len;
+    } else {
+        int16_t samples[FRAME / 2];
+        memcpy(samples, pcm, FRAME);
+        len = r->opus_encode(r->encoder, samples, FRAME / 2, packet, OPUS_MAX_PACKET);
+        if (len <= 0) { /* cannot happen for a whole frame of a valid encoder; nothing sensible to send */
+            r->engine->dropped_backpressure++;
+            return;
+        }
+        if (r->silent_frames >= SILENCE_SETTLE_FRAMES) {
+            memcpy(r->silence_packet, packet, (size_t)len);
+            r->silence_len = len;
+        }
+    }
+    uint8_t *h = len < 126 ? frame + 2 : frame;
+    h[0] = 0x82;
+    if (len < 126) {
+        h[1] = (uint8_t)len;
+    } else {
+        h[1] = 126;
+        h[2] = (uint8_t)(len >> 8);
+        h[3] = (uint8_t)len;
+    }
+    if (side_write(s, h, (size_t)(packet + len - h), 1)) r->engine->dropped_backpressure++;
+}
+
 static void pacer_send(Relay *r, const uint8_t *pcm, double waited, int silence) {
     Engine *e = r->engine;
+    if (r->caller == CALLER_OPUS_STREAM) {
+        if (silence) {
+            e->out_silence++;
+        } else {
+            e->out_audio++;
+            observe(e, waited);
+        }
+        send_opus(r, silence ? ZERO_FRAME : pcm);
+        return;
+    }
     uint8_t frame[3 + FRAME];
     frame[0] = 0x10;
     frame[1] = FRAME >> 8;
@@ -548,6 +625,71 @@ static size_t parse_as(Relay *r, const uint8_t *p, size_t n) {
 
 static int valid_opcode(int op) { return op <= 2 || (op >= 8 && op <= 10); }
 
+/* A whole frame for Python's parser. A fragmented message is followed to its end: all its frames are Python's. */
+static void give_python_frame(Side *s, const uint8_t *frame, size_t size, int op, int fin) {
+    if (op == 1 || op == 2) s->in_message = !fin;
+    else if (op == 0 && fin) s->in_message = 0;
+    give_python(s, frame, size);
+}
+
+/* A WebSocket frame's payload length (RFC 6455 5.2); returns the header's size up to the masking key, 0 while the
+ * length is incomplete. At least 2 bytes are available. */
+static size_t frame_length(const uint8_t *p, size_t n, uint64_t *len) {
+    *len = p[1] & 0x7F;
+    if (*len == 126) {
+        if (n < 4) return 0;
+        *len = (uint64_t)p[2] << 8 | p[3];
+        return 4;
+    }
+    if (*len == 127) {
+        if (n < 10) return 0;
+        *len = 0;
+        for (int i = 0; i < 8; i++) *len = *len << 8 | p[2 + i];
+        return 10;
+    }
+    return 2;
+}
+
+/* Client WebSocket frames of the Opus stream leg: returns how many bytes were used. A whole binary message that
+ * decodes is forwarded as caller audio; everything else (control, text, fragments, what does not decode, what
+ * breaks the protocol) goes to Python's parser as it came. */
+static size_t parse_stream(Relay *r, const uint8_t *p, size_t n) {
+    Side *s = &r->side[SIDE_AS];
+    size_t pos = 0;
+    while (n - pos >= 2 && !side_gone(s)) {
+        uint8_t b0 = p[pos], b1 = p[pos + 1];
+        int fin = b0 & 0x80, op = b0 & 0x0F;
+        uint64_t len;
+        size_t hdr = frame_length(p + pos, n - pos, &len);
+        if (hdr == 0) break;
+        int bad = (b0 & 0x70) || !(b1 & 0x80) || !valid_opcode(op) || (op >= 8 && (!fin || len > 125)) ||
+                  len > r->caller_max;
+        if (bad) { /* the header alone: Python's parser refuses it with the right close code */
+            give_python(s, p + pos, hdr);
+            pos += hdr;
+            continue;
+        }
+        hdr += 4; /* the masking key */
+        if (n - pos < hdr || n - pos - hdr < len) break;
+        const uint8_t *key = p + pos + hdr - 4, *payload = p + pos + hdr;
+        size_t size = hdr + (size_t)len;
+        if (op == 2 && fin && !s->in_message && len > 0 && len <= OPUS_MAX_PACKET) {
+            uint8_t packet[OPUS_MAX_PACKET];
+            int16_t pcm[OPUS_MAX_SAMPLES];
+            for (size_t i = 0; i < len; i++) packet[i] = payload[i] ^ key[i & 3];
+            int got = r->opus_decode(r->decoder, packet, (int32_t)len, pcm, OPUS_MAX_SAMPLES, 0);
+            if (got > 0) {
+                forward_audio(r, (const uint8_t *)pcm, (size_t)got * 2);
+                pos += size;
+                continue;
+            }
+        }
+        give_python_frame(s, p + pos, size, op, fin);
+        pos += size;
+    }
+    return side_gone(s) ? n : pos;
+}
+
 /* Server WebSocket frames: returns how many bytes were used. */
 static size_t parse_ws(Relay *r, const uint8_t *p, size_t n) {
     Side *s = &r->side[SIDE_WS];
@@ -556,18 +698,9 @@ static size_t parse_ws(Relay *r, const uint8_t *p, size_t n) {
     while (n - pos >= 2 && !side_gone(s)) {
         uint8_t b0 = p[pos], b1 = p[pos + 1];
         int fin = b0 & 0x80, op = b0 & 0x0F;
-        size_t hdr = 2;
-        uint64_t len = b1 & 0x7F;
-        if (len == 126) {
-            if (n - pos < 4) break;
-            len = (uint64_t)p[pos + 2] << 8 | p[pos + 3];
-            hdr = 4;
-        } else if (len == 127) {
-            if (n - pos < 10) break;
-            len = 0;
-            for (int i = 0; i < 8; i++) len = len << 8 | p[pos + 2 + i];
-            hdr = 10;
-        }
+        uint64_t len;
+        size_t hdr = frame_length(p + pos, n - pos, &len);
+        if (hdr == 0) break;
         int bad = (b0 & 0x70) || (b1 & 0x80) || !valid_opcode(op) || (op >= 8 && (!fin || len > 125)) ||
                   len > e->max_message;
         if (bad) { /* the header alone: Python's parser refuses it with the right close code */
@@ -594,9 +727,7 @@ static size_t parse_ws(Relay *r, const uint8_t *p, size_t n) {
                 }
             }
         }
-        if (op == 1 || op == 2) s->in_message = !fin;
-        else if (op == 0 && fin) s->in_message = 0;
-        give_python(s, p + pos, size);
+        give_python_frame(s, p + pos, size, op, fin);
         pos += size;
     }
     return side_gone(s) ? n : pos;
@@ -637,7 +768,9 @@ static void side_read(Side *s) {
             p = s->in.data;
             n = s->in.len;
         }
-        size_t used = s->which == SIDE_AS ? parse_as(r, p, n) : parse_ws(r, p, n);
+        size_t used = s->which == SIDE_WS              ? parse_ws(r, p, n)
+                      : r->caller == CALLER_OPUS_STREAM ? parse_stream(r, p, n)
+                                                        : parse_as(r, p, n);
         if (p == s->in.data) {
             buf_consume(&s->in, used);
         } else if (used < n && buf_append(&s->in, p + used, n - used) < 0) {
@@ -786,6 +919,7 @@ static int side_init(Engine *e, Relay *r, int which, int fd, PyObject *protocol,
     s->owner = r;
     s->which = which;
     s->fd = -1;
+    s->cap = OUT_CAP;
     s->protocol = Py_NewRef(protocol);
     if (pending->len && buf_append(&s->in, pending->buf, (size_t)pending->len) < 0) {
         PyErr_NoMemory();
@@ -805,17 +939,38 @@ static PyObject *Engine_add(Engine *e, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"as_fd",   "ws_fd",         "as_protocol", "ws_protocol", "next_slot",   "earliest",
                              "capacity", "drop_newest",  "period",      "margin",      "max_slew",    "talking",
                              "grace",    "draining",     "backlog_ticks", "backlog_min", "backlog_max", "grace_window",
-                             NULL};
+                             "opus",     "silent_frames", "silence_packet", "out_cap",   "max_message", NULL};
     int as_fd, ws_fd, capacity, drop_newest, talking = 0, grace = 0, draining = 0;
-    int backlog_ticks = 0, backlog_min = 0, backlog_max = 0;
-    PyObject *as_proto, *ws_proto;
+    int backlog_ticks = 0, backlog_min = 0, backlog_max = 0, silent_frames = 0;
+    PyObject *as_proto, *ws_proto, *opus = Py_None;
+    Py_buffer silence = {0};
+    Py_ssize_t out_cap = OUT_CAP, max_message = 64 * 1024;
+    unsigned long long enc_fn = 0, enc = 0, dec_fn = 0, dec = 0;
     double next, earliest, period, margin, max_slew, grace_window = -1.0; /* < 0: the margin, as Pacer's default */
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOOddipddd|pppiiid", kwlist, &as_fd, &ws_fd, &as_proto, &ws_proto,
-                                     &next, &earliest, &capacity, &drop_newest, &period, &margin, &max_slew, &talking,
-                                     &grace, &draining, &backlog_ticks, &backlog_min, &backlog_max, &grace_window))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOOddipddd|pppiiid$Oiy*nn", kwlist, &as_fd, &ws_fd, &as_proto,
+                                     &ws_proto, &next, &earliest, &capacity, &drop_newest, &period, &margin, &max_slew,
+                                     &talking, &grace, &draining, &backlog_ticks, &backlog_min, &backlog_max,
+                                     &grace_window, &opus, &silent_frames, &silence, &out_cap, &max_message))
         return NULL;
-    if (capacity < 1) {
-        PyErr_SetString(PyExc_ValueError, "capacity must be positive");
+    PyObject *owner = NULL;
+    int bad_opus = opus != Py_None &&
+                   !PyArg_ParseTuple(opus, "OKKKK;opus must be (owner, encode, encoder, decode, decoder)", &owner,
+                                     &enc_fn, &enc, &dec_fn, &dec);
+    size_t silence_len = silence.obj != NULL ? (size_t)silence.len : 0;
+    uint8_t silence_packet[OPUS_MAX_PACKET];
+    if (silence_len <= sizeof silence_packet && silence_len) memcpy(silence_packet, silence.buf, silence_len);
+    if (silence.obj != NULL) PyBuffer_Release(&silence);
+    if (bad_opus) return NULL;
+    if (capacity < 1 || out_cap < 1 || max_message < 1) {
+        PyErr_SetString(PyExc_ValueError, "capacity, out_cap and max_message must be positive");
+        return NULL;
+    }
+    if (opus != Py_None && !(enc_fn && enc && dec_fn && dec)) {
+        PyErr_SetString(PyExc_ValueError, "opus addresses must not be null");
+        return NULL;
+    }
+    if (silence_len > sizeof silence_packet) {
+        PyErr_SetString(PyExc_ValueError, "silence_packet is longer than an Opus packet");
         return NULL;
     }
     Relay *r = PyObject_New(Relay, &RelayType);
@@ -839,6 +994,18 @@ static PyObject *Engine_add(Engine *e, PyObject *args, PyObject *kwds) {
     r->backlog_min = backlog_min;
     r->backlog_max = backlog_max;
     r->pacing = 1;
+    if (opus != Py_None) {
+        r->caller = CALLER_OPUS_STREAM;
+        r->opus_owner = Py_NewRef(owner);
+        r->opus_encode = (opus_encode_fn)(uintptr_t)enc_fn;
+        r->encoder = (void *)(uintptr_t)enc;
+        r->opus_decode = (opus_decode_fn)(uintptr_t)dec_fn;
+        r->decoder = (void *)(uintptr_t)dec;
+        r->silent_frames = silent_frames;
+        r->silence_len = (int)silence_len;
+        memcpy(r->silence_packet, silence_packet, silence_len);
+    }
+    r->caller_max = (size_t)max_message;
     Py_buffer none = {0};
     if (side_init(e, r, SIDE_AS, as_fd, as_proto, &none) < 0 || side_init(e, r, SIDE_WS, ws_fd, ws_proto, &none) < 0) {
         for (int w = 0; w < 2; w++) { /* the descriptors stay the caller's: relay.py closes them */
@@ -848,6 +1015,7 @@ static PyObject *Engine_add(Engine *e, PyObject *args, PyObject *kwds) {
         Py_DECREF(r);
         return NULL;
     }
+    r->side[SIDE_AS].cap = (size_t)out_cap;
     if (e->n == e->cap) {
         Py_ssize_t cap = e->cap ? e->cap * 2 : 64;
         Relay **p = PyMem_Realloc(e->relays, (size_t)cap * sizeof(Relay *));
@@ -1120,6 +1288,7 @@ static void Relay_dealloc(Relay *r) {
     }
     PyMem_Free(r->frames);
     PyMem_Free(r->arrived);
+    Py_XDECREF(r->opus_owner);
     Py_XDECREF(r->engine);
     PyObject_Free(r);
 }

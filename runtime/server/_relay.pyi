@@ -49,6 +49,11 @@ class Engine:
         backlog_min: int = 0,
         backlog_max: int = 0,
         grace_window: float = -1.0,
+        opus: tuple[object, int, int, int, int] | None = None,
+        silent_frames: int = 0,
+        silence_packet: bytes = b"",
+        out_cap: int = 65536,
+        max_message: int = 65536,
     ) -> Relay: ...
     def close(self) -> None: ...
     def active(self) -> int: ...

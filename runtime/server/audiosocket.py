@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from avr_runtime.audio import g711
 from avr_runtime.config import AudioSocketFormat
@@ -184,20 +185,8 @@ class AudioSocketConnection(asyncio.Protocol):
     # --- the C relay (server/relay.py) ---
 
     def _try_relay(self) -> None:
-        call, relays = self.call, self.ctx.relays
-        assert call is not None and relays is not None
-        session = call.session
-        if not isinstance(session, StsSession) or session.ended.done():
-            self._relay_wanted = False
-            return
-        conn = session.connection
-        if conn is None:
-            return  # still connecting
-        try:
-            if relays.take_over(self, conn, call):
-                self._relay_wanted = False
-        except OSError as exc:
-            log.warning("call %s: not relayed: %s", call.uuid, exc, extra={"uuid": call.uuid})
+        assert self.call is not None and self.ctx.relays is not None
+        if self.ctx.relays.offer(self, self.call):
             self._relay_wanted = False
 
     def detachable(self) -> bool:
@@ -216,6 +205,9 @@ class AudioSocketConnection(asyncio.Protocol):
         """From now on the relay reads the socket and calls ``data_received`` with what is not slin audio."""
         self.transport = transport
         self._slin = False  # audio reaching data_received now is what the relay refused: the general parser
+
+    def relay_options(self) -> dict[str, Any]:
+        return {}
 
     # --- flow control from the kernel socket buffer ---
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from avr_runtime.audio.buffer import Overflow
 from avr_runtime.services import metrics
+from avr_runtime.services.providers.sts import StsSession
 
 try:
     from avr_runtime.server import _relay
@@ -26,13 +28,29 @@ except ImportError:  # built without a C compiler
 
 if TYPE_CHECKING:
     from avr_runtime.server._relay import Relay
-    from avr_runtime.server.audiosocket import AudioSocketConnection
     from avr_runtime.server.call import Call
     from avr_runtime.services.providers.wsclient import WebSocketConnection
 
+log = logging.getLogger(__name__)
+
 AVAILABLE: Final = _relay is not None
-AS: Final = 0  # the AudioSocket side of a relay
+AS: Final = 0  # the caller's side of a relay (AudioSocket, or the Opus stream leg)
 WS: Final = 1  # the provider WebSocket side
+
+
+class CallerLeg(Protocol):
+    """What a caller's connection offers to be relayed (server/audiosocket.py, server/stream.py)."""
+
+    transport: asyncio.Transport | None
+
+    def detachable(self) -> bool:
+        """At a frame boundary, nothing held back, not closing: the socket can change hands now."""
+
+    def relayed(self, transport: asyncio.Transport) -> None:
+        """From now on ``transport`` writes, and the engine calls ``data_received`` with what it does not handle."""
+
+    def relay_options(self) -> dict[str, Any]:
+        """Engine.add's arguments for this kind of leg (none for a slin AudioSocket)."""
 
 
 class _Detached(asyncio.Protocol):
@@ -108,7 +126,21 @@ class Relays:
         self.engine = _relay.Engine(metrics.FRAME_LATENCY.bounds, max_message, poll_interval)
         loop.add_reader(self.engine.fileno(), self.engine.run)
 
-    def take_over(self, leg: AudioSocketConnection, conn: WebSocketConnection, call: Call) -> bool:
+    def offer(self, leg: CallerLeg, call: Call) -> bool:
+        """Move the call into the engine if it can go now; True once there is no point in offering again."""
+        session = call.session
+        if not isinstance(session, StsSession) or session.ended.done():
+            return True
+        conn = session.connection
+        if conn is None:
+            return False  # still connecting
+        try:
+            return self.take_over(leg, conn, call)
+        except OSError as exc:
+            log.warning("call %s: not relayed: %s", call.uuid, exc, extra={"uuid": call.uuid})
+            return True
+
+    def take_over(self, leg: CallerLeg, conn: WebSocketConnection, call: Call) -> bool:
         """Move the call into the engine if both connections are at a clean point now; False to try again later."""
         as_transport, ws_transport = leg.transport, conn.transport
         if as_transport is None or ws_transport is None or not leg.detachable() or not conn.detachable():
@@ -146,6 +178,7 @@ class Relays:
                 backlog_ticks=state.backlog_ticks,
                 backlog_min=state.backlog_min,
                 backlog_max=state.backlog_max,
+                **leg.relay_options(),
             )
         except OSError:
             for fd in (as_fd, ws_fd):
@@ -160,7 +193,7 @@ class Relays:
             raise
         as_extra, ws_extra = _detach(as_transport), _detach(ws_transport)
         pacer.stop()
-        leg.relayed(RelayTransport(relay, AS, leg, as_extra))
+        leg.relayed(RelayTransport(relay, AS, cast(asyncio.BaseProtocol, leg), as_extra))  # legs are Protocols
         conn.relayed(RelayTransport(relay, WS, conn, ws_extra))
         call.relayed(relay)
         metrics.CALLS_RELAYED.inc()

@@ -3,8 +3,9 @@
 Binary messages carry audio (one codec frame each, 20 ms recommended); text messages carry control as JSON:
 ``{"type":"dtmf","digit":"5"}`` and ``{"type":"hangup"}``. The worker answers with paced 20 ms frames in the same codec.
 
-Backpressure: outbound frames wait in a queue of ``STREAM_QUEUE_FRAMES``; a client that reads slower than real time
-loses the oldest frames (counted) instead of growing the worker's memory; inbound frames are read one at a time.
+Backpressure: outbound frames wait in a queue of ``STREAM_QUEUE_FRAMES`` once the socket's buffers are full; a
+client that reads slower than real time loses the oldest frames (counted) instead of growing the worker's memory.
+A steady Opus call on an STS provider moves to the compiled data plane (server/relay.py), codec state and all.
 """
 
 from __future__ import annotations
@@ -15,22 +16,28 @@ import logging
 import socket
 import uuid
 from collections import deque
+from typing import Any, Final
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from avr_runtime.audio import g711, pcm
 from avr_runtime.audio.opus import OpusDecoder, OpusEncoder, OpusFrameError
 from avr_runtime.audio.resample import Downsampler, Upsampler
 from avr_runtime.config import Codec, Settings
+from avr_runtime.protocol import websocket as wire
 from avr_runtime.server.call import Call
 from avr_runtime.server.context import WorkerContext
 from avr_runtime.services import metrics
+from avr_runtime.services.providers.sts import StsSession
 
 log = logging.getLogger(__name__)
 
-SEND_BUFFER_BYTES = 32 * 1024
-SILENCE_SETTLE_FRAMES = 5
+SEND_BUFFER_BYTES: Final = 32 * 1024
+WRITE_HIGH_WATER: Final = 8 * 1024  # bytes in the transport before frames wait in the bounded queue
+MAX_MESSAGE: Final = 64 * 1024  # larger than any frame of any codec at 20 ms
+CLOSE_WAIT: Final = 2.0  # seconds to wait for the client's close frame after ours
+SILENCE_SETTLE_FRAMES: Final = 5
 _SILENCE_8K = pcm.silence(pcm.SLIN8_FRAME_BYTES)
 
 
@@ -100,40 +107,218 @@ class StreamCodec:
             self._silence_packet = packet
         return packet
 
+    @property
+    def relayable(self) -> bool:
+        """Whether the compiled data plane can carry this leg: Opus, mono (``_relay.c`` has no other codec)."""
+        return self._enc is not None and self._dec is not None and self.channels == 1
 
-class StreamLeg:
-    def __init__(self, ws: web.WebSocketResponse, codec: StreamCodec, queue_frames: int) -> None:
-        self.ws = ws
+    def relay_options(self, queue_frames: int) -> dict[str, Any]:
+        """What the data plane needs to go on where this codec stands: libopus's own encoder and decoder (their
+        state carries over, so the caller hears no reset; the engine keeps this object alive for them) and the
+        silence shortcut's state. Audio is refused
+        once ``out_cap`` bytes wait unsent: the Python leg's bound, in bytes."""
+        assert self._enc is not None and self._dec is not None
+        packet_bytes = self._enc.bitrate // 400 + 4  # a 20 ms packet at the target rate, and its frame header
+        return {
+            "opus": (self, *self._enc.native(), *self._dec.native()),  # the engine holds this codec while it runs
+            "silent_frames": self._silent_frames,
+            "silence_packet": self._silence_packet or b"",
+            "out_cap": WRITE_HIGH_WATER + queue_frames * packet_bytes,
+            "max_message": MAX_MESSAGE,
+        }
+
+
+class StreamConnection(asyncio.Protocol):
+    """The stream leg after the WebSocket handshake, on a Protocol of its own instead of aiohttp's reader and writer.
+
+    aiohttp answers the upgrade; then this object takes the socket (``transport.set_protocol``), so a frame in is
+    parsed and handed on from ``data_received`` and a frame out is one ``transport.write``: no reader queue, no
+    sender task. Measured: aiohttp's WebSocket server (receive, send, the sender task) was ~25 % of the worker's
+    CPU per Opus frame. It also lets a steady Opus call move to the compiled data plane (server/relay.py) like an
+    AudioSocket call: the parser is known to be between frames when the socket changes hands.
+
+    Backpressure: the kernel buffer is kept small; beyond it and ``WRITE_HIGH_WATER`` bytes in the transport,
+    outbound frames wait in a queue of ``queue_frames`` that drops the oldest (counted).
+    """
+
+    def __init__(self, codec: StreamCodec, queue_frames: int, http: asyncio.BaseProtocol | None = None) -> None:
         self.codec = codec
-        self._queue: deque[bytes] = deque()
+        self.call: Call | None = None
+        self.transport: asyncio.Transport | None = None
+        self.parser = wire.FrameParser(MAX_MESSAGE, from_client=True)
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.relay_wanted = False  # set by the handler when the call may move to the C relay
+        self._held: deque[bytes] = deque()
         self._limit = queue_frames
-        self._wake = asyncio.Event()
-        self._closing: tuple[str, int | None] | None = None
+        self._http = http  # aiohttp's protocol for this connection: told when the connection ends
+        self._paused = False
+        self._close_sent = False
+        self._close_code = wire.NORMAL
+        self._peer_closed_seen = False
+        self._ended = False  # input after a protocol error or a close is ignored
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if self._ended:
+            return
+        try:
+            messages = self.parser.feed(data)
+        except wire.WebSocketError as exc:
+            self._protocol_error("bad_frame", str(exc), exc.code)
+            return
+        for opcode, payload in messages:
+            if opcode == wire.BINARY:
+                self._audio(payload)
+            elif opcode == wire.TEXT:
+                self._control(payload)
+            elif opcode == wire.PING:
+                self._write(wire.PONG, payload)
+            elif opcode == wire.CLOSE:
+                self._peer_closed(payload)
+            if self._done():
+                return
+        if self.relay_wanted:
+            self._try_relay()
+
+    def _done(self) -> bool:
+        """Whether the input that follows is to be ignored (a callback may have ended the connection)."""
+        return self._ended
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended = True
+        self.transport = None
+        if self.call is not None:
+            self.call.end("disconnected")
+        if not self.closed.done():
+            self.closed.set_result(None)
+        http, self._http = self._http, None
+        if http is not None:  # aiohttp's bookkeeping of its connections
+            http.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        held, transport = self._held, self.transport
+        while held and not self._paused and transport is not None and not transport.is_closing():
+            transport.write(held.popleft())
+
+    # --- input ---
+
+    def _audio(self, payload: bytes) -> None:
+        try:
+            audio = self.codec.decode(payload)
+        except (OpusFrameError, ValueError) as exc:
+            self._protocol_error("bad_audio", f"bad audio frame: {exc}", wire.NORMAL)
+            return
+        if audio and self.call is not None:
+            self.call.feed_audio(audio)
+
+    def _control(self, payload: bytes) -> None:
+        try:
+            ctl = orjson.loads(payload)
+            kind = ctl["type"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            self._protocol_error("bad_control", "bad control message", wire.NORMAL)
+            return
+        if self.call is None:
+            return
+        if kind == "hangup":
+            self.call.end("hangup")
+        elif kind == "dtmf":
+            self.call.dtmf(str(ctl.get("digit", ""))[:1].upper())
+
+    def _peer_closed(self, payload: bytes) -> None:
+        """The client's close: answered (unless ours went first), then the connection ends."""
+        self._ended = True
+        self._peer_closed_seen = True
+        if not self._close_sent:
+            code, _ = wire.parse_close(payload)
+            self._write(wire.CLOSE, wire.close_payload(code or wire.NORMAL))
+            self._close_sent = True
+        if self.call is not None:
+            self.call.end("disconnected")
+        if self.transport is not None:
+            self.transport.close()
+
+    def _protocol_error(self, reason: str, detail: str, close_code: int) -> None:
+        metrics.PROTOCOL_ERRORS.labels("stream", reason).inc()
+        call_uuid = self.call.uuid if self.call is not None else None
+        log.warning("stream %s: %s", call_uuid, detail, extra={"uuid": call_uuid, "reason": reason})
+        self._ended = True
+        self._close_code = close_code
+        if self.call is not None:
+            self.call.end(f"protocol_error:{reason}")
+
+    # --- Leg ---
+
+    def send_text(self, data: bytes) -> None:
+        self._write(wire.TEXT, data)
 
     def send_frame(self, frame: bytes) -> None:
-        if len(self._queue) >= self._limit:
-            self._queue.popleft()
+        transport = self.transport
+        if transport is None or self._close_sent:
+            return
+        data = wire.encode_frame(wire.BINARY, self.codec.encode(frame))
+        if not self._paused:
+            transport.write(data)
+            return
+        if len(self._held) >= self._limit:
+            self._held.popleft()
             metrics.DROPPED_BACKPRESSURE.inc()
-        self._queue.append(self.codec.encode(frame))
-        self._wake.set()
+        self._held.append(data)
 
     def hang_up(self, reason: str, error_code: int | None) -> None:
-        self._closing = (reason, error_code)
-        self._wake.set()
+        """Say why, close, and wait (bounded) for the client's close: closing the socket on a client still sending
+        would reset the connection and could lose the hang-up message."""
+        transport = self.transport
+        if transport is None or self._close_sent:
+            return
+        self.send_text(orjson.dumps({"type": "hangup", "reason": reason, "error": error_code}))
+        self._write(wire.CLOSE, wire.close_payload(self._close_code))
+        self._close_sent = True
+        if self._peer_closed_seen:
+            transport.close()
+        else:
+            asyncio.get_running_loop().call_later(CLOSE_WAIT, transport.close)
 
-    async def sender(self) -> None:
-        ws = self.ws
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                await ws.send_bytes(self._queue.popleft())
-            if self._closing is not None:
-                reason, code = self._closing
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await ws.send_str(orjson.dumps({"type": "hangup", "reason": reason, "error": code}).decode())
-                await ws.close()
-                return
+    def _write(self, opcode: int, payload: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and not self._close_sent:
+            transport.write(wire.encode_frame(opcode, payload))
+
+    # --- the C relay (server/relay.py) ---
+
+    def detachable(self) -> bool:
+        """Between frames, nothing held back, not closing."""
+        transport = self.transport
+        return (
+            not self._ended
+            and not self._close_sent
+            and not self._paused
+            and not self._held
+            and self.parser.idle
+            and transport is not None
+            and not transport.is_closing()
+        )
+
+    def relayed(self, transport: asyncio.Transport) -> None:
+        """From now on the relay reads the socket and calls ``data_received`` with what it does not handle."""
+        self.transport = transport
+
+    def relay_options(self) -> dict[str, Any]:
+        return self.codec.relay_options(self._limit)
+
+    def _try_relay(self) -> None:
+        call = self.call
+        relays = call.ctx.relays if call is not None else None
+        if call is None or relays is None or relays.offer(self, call):
+            self.relay_wanted = False
 
 
 async def handle(request: web.Request, ctx: WorkerContext) -> web.StreamResponse:
@@ -148,65 +333,42 @@ async def handle(request: web.Request, ctx: WorkerContext) -> web.StreamResponse
         stream_codec = StreamCodec(codec, settings)
     except (ValueError, OpusFrameError) as exc:
         raise web.HTTPBadRequest(text=f"bad stream parameters: {exc}") from None
+    transport = request.transport
+    if transport is None:
+        raise web.HTTPBadRequest(text="connection closed")
     if not ctx.slots.try_acquire():
         metrics.CALLS_REFUSED.labels("at_capacity").inc()
         raise web.HTTPServiceUnavailable(text="at_capacity")
     ctx.update_readiness()
-    ws = web.WebSocketResponse(compress=False, max_msg_size=64 * 1024, heartbeat=30)
-    sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is not None:
-        # Real-time audio: seconds of kernel buffering would only be latency. Keep it small so a slow
-        # client shows up as backpressure here (bounded queue, counted drops) instead.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_MESSAGE, heartbeat=None)
     try:
+        # nothing the client sends after the 101 may reach aiohttp's reader: the socket is ours from then on
+        transport.pause_reading()
         await ws.prepare(request)
-        leg = StreamLeg(ws, stream_codec, settings.stream_queue_frames)
-        call = Call(ctx, call_uuid, leg, "stream", request.remote or "?")
-        run = asyncio.ensure_future(call.run())
-        sender = asyncio.ensure_future(leg.sender())
-        await ws.send_str(
-            orjson.dumps(
-                {"type": "start", "uuid": call_uuid, "codec": codec.value, "sampleRate": stream_codec.rate}
-            ).decode()
+        if transport.is_closing():
+            return ws
+        conn = StreamConnection(stream_codec, settings.stream_queue_frames, transport.get_protocol())
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Real-time audio: seconds of kernel buffering would only be latency. Keep it small so a slow
+            # client shows up as backpressure here (bounded queue, counted drops) instead.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        call = Call(ctx, call_uuid, conn, "stream", request.remote or "?")
+        conn.call = call
+        conn.send_text(
+            orjson.dumps({"type": "start", "uuid": call_uuid, "codec": codec.value, "sampleRate": stream_codec.rate})
         )
-        try:
-            await _receive(ws, call, stream_codec)
-        finally:
-            call.end("disconnected")
-            await run
-            with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
-                await asyncio.wait_for(sender, timeout=2.0)
-            sender.cancel()
+        conn.relay_wanted = ctx.relays is not None and stream_codec.relayable and isinstance(call.session, StsSession)
+        transport.resume_reading()
+        await call.run()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(conn.closed), CLOSE_WAIT + 1.0)
     finally:
         ctx.slots.release()
         ctx.update_readiness()
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.close()  # aiohttp's own state: the socket is already closed
     return ws
-
-
-async def _receive(ws: web.WebSocketResponse, call: Call, codec: StreamCodec) -> None:
-    async for msg in ws:
-        if msg.type is WSMsgType.BINARY:
-            try:
-                audio = codec.decode(msg.data)
-            except (OpusFrameError, ValueError) as exc:
-                metrics.PROTOCOL_ERRORS.labels("stream", "bad_audio").inc()
-                log.warning("stream %s: bad audio frame: %s", call.uuid, exc, extra={"uuid": call.uuid})
-                call.end("protocol_error:bad_audio")
-                return
-            if audio:
-                call.feed_audio(audio)
-        elif msg.type is WSMsgType.TEXT:
-            try:
-                ctl = orjson.loads(msg.data)
-                kind = ctl["type"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                metrics.PROTOCOL_ERRORS.labels("stream", "bad_control").inc()
-                call.end("protocol_error:bad_control")
-                return
-            if kind == "hangup":
-                call.end("hangup")
-                return
-            if kind == "dtmf":
-                call.dtmf(str(ctl.get("digit", ""))[:1].upper())
-        elif msg.type is WSMsgType.ERROR:
-            return
