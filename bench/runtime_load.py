@@ -806,6 +806,8 @@ class OpusResult(Costs):
     markers_sent: int
     received: int
     expected: int
+    pacer_late: int | None = None  # the worker's pacer slots that fired > 5 ms late, in the window
+    relayed: int | None = None  # calls moved to the compiled data plane
 
     @property
     def missing(self) -> int:
@@ -834,13 +836,19 @@ async def opus_load(server: Server, load_pids: Sequence[int], n: int, warmup: fl
         t0 = time.monotonic_ns() + 50_000_000
         window.open_after(t0, warmup, seconds)
         senders = [asyncio.create_task(c.stream(t0 + i * PERIOD_NS // n)) for i, c in enumerate(calls)]
+        await sleep_until_ns(window.start)
+        before = await asyncio.to_thread(worker_counters, server.http_port)
         usage = await measure_usage(server.proc.pid, load_pids, window)
+        after = await asyncio.to_thread(worker_counters, server.http_port)
         _, late_senders = await asyncio.wait(senders, timeout=5)
         for task in late_senders:
             task.cancel()
         await asyncio.sleep(TAIL_S)
         await asyncio.gather(*(c.hang_up() for c in calls))
-    return summarise_opus(calls, usage, idle)
+    result = summarise_opus(calls, usage, idle)
+    if before is not None and after is not None:
+        result.pacer_late, result.relayed = after.late - before.late, after.relayed
+    return result
 
 
 def summarise_opus(calls: Sequence[OpusCall], usage: Usage, idle_rss: int) -> OpusResult:
@@ -1095,6 +1103,8 @@ def opus_table(rows: Sequence[tuple[int, OpusResult]]) -> str:
         "late %",
         "marker RTT p50 / p99 / max ms",
         "markers timed / sent",
+        "pacer late slots",
+        "calls relayed in C",
         "load core %",
         "server waited %",
     )
@@ -1111,6 +1121,8 @@ def opus_table(rows: Sequence[tuple[int, OpusResult]]) -> str:
             f"{r.late_pct():.2f}",
             triple(r.marker_ns),
             f"{len(r.marker_ns)} / {r.markers_sent}",
+            "-" if r.pacer_late is None else str(r.pacer_late),
+            "-" if r.relayed is None else str(r.relayed),
             f"{r.load_core_pct():.0f}",
             f"{r.wait_pct():.1f}",
         )
