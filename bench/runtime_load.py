@@ -100,6 +100,19 @@ def run_queue_wait(pid: int) -> float:
     return total / 1e9
 
 
+def steal_seconds(pid: int) -> float | None:
+    """CPU time the hypervisor gave to something else on the one vCPU ``pid`` is pinned to (``steal`` in
+    /proc/stat): the machine, not the code under test. None when the process is not pinned to one core."""
+    cores = os.sched_getaffinity(pid)
+    if len(cores) != 1:
+        return None
+    prefix = f"cpu{next(iter(cores))} "
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(prefix):
+            return int(line.split()[8]) / CLK_TCK
+    return None
+
+
 def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES
 
@@ -260,6 +273,8 @@ class Usage:
     server_rss_peak: int
     load_cpu: float  # this process (the load generator) plus the provider, on the other core
     server_wait: float  # runnable but not running: other work on the server's core
+    server_steal: float | None  # the hypervisor's, on the server's core (None when not pinned)
+    load_steal: float | None  # and on the load core
 
 
 async def sleep_until_ns(t: int) -> None:
@@ -273,12 +288,15 @@ async def measure_usage(server_pid: int, load_pids: Sequence[int], window: Windo
     await sleep_until_ns(window.start)
     t0, s0, l0 = time.monotonic(), cpu_seconds(server_pid), sum(cpu_seconds(p) for p in load_pids)
     w0 = run_queue_wait(server_pid)
+    st0 = steal_seconds(server_pid), steal_seconds(os.getpid())
     peak = rss_bytes(server_pid)
     while (left := (window.end - time.monotonic_ns()) / 1e9) > 0:
         await asyncio.sleep(min(0.5, left))
         peak = max(peak, rss_bytes(server_pid))
     s1, l1 = cpu_seconds(server_pid), sum(cpu_seconds(p) for p in load_pids)
-    return Usage(time.monotonic() - t0, s1 - s0, peak, l1 - l0, run_queue_wait(server_pid) - w0)
+    st1 = steal_seconds(server_pid), steal_seconds(os.getpid())
+    steal = [b - a if a is not None and b is not None else None for a, b in zip(st0, st1, strict=True)]
+    return Usage(time.monotonic() - t0, s1 - s0, peak, l1 - l0, run_queue_wait(server_pid) - w0, *steal)
 
 
 def run_async(main: Awaitable[T]) -> T:
@@ -487,6 +505,12 @@ class Costs:
 
     def load_core_pct(self) -> float:
         return self.usage.load_cpu / self.usage.seconds * 100
+
+    def steal(self) -> str:
+        """The hypervisor's share of the server's and of the load core during the window, in %."""
+        u = self.usage
+        pct = [f"{100 * v / u.seconds:.1f}" if v is not None else "-" for v in (u.server_steal, u.load_steal)]
+        return " / ".join(pct)
 
     def rss_per_call_kib(self) -> float:
         return (self.usage.server_rss_peak - self.idle_rss) / self.calls / 1024
@@ -1070,6 +1094,7 @@ def pcm_latency_table(rows: Sequence[tuple[int, PcmResult, PcmResult]]) -> str:
         "client send lag p99 ms (w / f)",
         "calls relayed in C (w)",
         "worker drops (reason)",
+        "vCPU steal % server / load core (w)",
     )
     body = [
         (
@@ -1084,6 +1109,7 @@ def pcm_latency_table(rows: Sequence[tuple[int, PcmResult, PcmResult]]) -> str:
             f"{w.lag_p99_ms:.2f} / {f.lag_p99_ms:.2f}",
             "-" if w.relayed is None else str(w.relayed),
             drops(w),
+            w.steal(),
         )
         for n, w, f in rows
     ]
@@ -1107,6 +1133,7 @@ def opus_table(rows: Sequence[tuple[int, OpusResult]]) -> str:
         "calls relayed in C",
         "load core %",
         "server waited %",
+        "vCPU steal % server / load core",
     )
     body = [
         (
@@ -1125,6 +1152,7 @@ def opus_table(rows: Sequence[tuple[int, OpusResult]]) -> str:
             "-" if r.relayed is None else str(r.relayed),
             f"{r.load_core_pct():.0f}",
             f"{r.wait_pct():.1f}",
+            r.steal(),
         )
         for n, r in rows
     ]
