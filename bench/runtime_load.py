@@ -981,6 +981,8 @@ def header(args: argparse.Namespace, cores: tuple[int | None, int | None], gener
         f"each call: {args.warmup:g} s warm-up + {args.seconds:g} s measured, 20 ms frames",
         f"worker FAST_PATH={'true' if args.fast_path == 'on' else 'false'}; PCM load generator: "
         + ("pcm_calls.c" if generator is not None else "Python (PcmCall)"),
+        "scheduling: "
+        + (f"SCHED_FIFO priority {args.realtime} for every process" if args.realtime else "the normal scheduler"),
     ]
     if load1 > 0.5:
         lines.append("warning: the machine is busy; figures will be noisy")
@@ -995,6 +997,10 @@ def run_all(args: argparse.Namespace, workdir: Path) -> Bench:
     cores = choose_cores()
     if cores[1] is not None:
         os.sched_setaffinity(0, {cores[1]})
+    if args.realtime:
+        # inherited by every process started from here: load generator, provider, worker and floor alike
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.realtime))
+        os.environ["REALTIME_PRIORITY"] = str(args.realtime)
     generator = build_generator(workdir) if args.generator == "c" else None
     print(header(args, cores, generator), flush=True)
     provider, sts_port = start_provider(cores[1])
@@ -1196,7 +1202,7 @@ def counts(text: str) -> list[int]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=counts, default=[50, 100, 200, 300, 400, 500, 600, 800], help="PCM call counts")
-    parser.add_argument("--opus-calls", type=counts, default=[25, 50, 100, 125], help="Opus stream call counts")
+    parser.add_argument("--opus-calls", type=counts, default=[25, 50, 100, 125, 150], help="Opus stream call counts")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per call")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds per call before measuring")
     parser.add_argument(
@@ -1212,11 +1218,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the PCM load generator: pcm_calls.c (built with the C compiler) or PcmCall in this process",
     )
     parser.add_argument(
+        "--realtime",
+        type=int,
+        default=0,
+        metavar="PRIORITY",
+        help="run every process of the benchmark on SCHED_FIFO at this priority (the worker with REALTIME_PRIORITY)",
+    )
+    parser.add_argument(
         "--wait-quiet", type=float, default=0.0, help="wait up to this many seconds for a 1-min load average ≤ 0.5"
     )
     args = parser.parse_args(argv)
     if not 0 < args.seconds <= 120 or not 0 <= args.warmup <= 10 or not 0 <= args.wait_quiet <= 7200:
         parser.error("--seconds must be in (0, 120], --warmup in [0, 10], --wait-quiet in [0, 7200]")
+    if not 0 <= args.realtime <= 99:
+        parser.error("--realtime must be in [0, 99]")
     return args
 
 

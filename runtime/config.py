@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     fast_path_poll_ms: float = Field(
         1.0, ge=0.0, le=20.0, description="The data plane reads its sockets on this timer (0: on every socket event)."
     )
+    realtime_priority: int = Field(
+        0, ge=0, le=99, description="SCHED_FIFO priority of the worker's event loop (0: the normal scheduler)."
+    )
 
     # cache, limits
     cache_max_size: int = Field(1000, ge=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -55,12 +55,12 @@ def provider(procs: list[Proc], tmpdir_path: Path) -> ProviderFactory:
 
 @pytest.fixture
 def worker(procs: list[Proc], tmpdir_path: Path) -> WorkerFactory:
-    def start(**env_overrides: str | int | float) -> Proc:
+    def start(*, prefix: Sequence[str] = (), **env_overrides: str | int | float) -> Proc:
         as_port, http_port = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.endswith("_URL") and k not in ("PORT", "HTTP_PORT")}
         env |= {"HOST": "127.0.0.1", "PORT": str(as_port), "HTTP_PORT": str(http_port), "LOG_FORMAT": "json"}
         env |= {k.upper(): str(v) for k, v in env_overrides.items()}
-        proc = spawn(["serve"], env, tmpdir_path, f"worker-{as_port}")
+        proc = spawn(["serve"], env, tmpdir_path, f"worker-{as_port}", prefix)
         proc.ports |= {"http": http_port, "audiosocket": as_port}
         procs.append(proc)
         wait_healthy(proc, proc.url("/health"))

@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,11 +89,12 @@ def wait_healthy(proc: Proc, url: str, timeout: float = 20.0) -> None:
     raise RuntimeError(f"not healthy after {timeout}s:\n{proc.log}")
 
 
-def spawn(args: list[str], env: dict[str, str], tmp: Path, name: str) -> Proc:
+def spawn(args: list[str], env: dict[str, str], tmp: Path, name: str, prefix: Sequence[str] = ()) -> Proc:
+    """``prefix``: a command that runs ours (e.g. ``setpriv`` to start it with fewer privileges)."""
     log_path = tmp / f"{name}.log"
     out = log_path.open("wb")
     popen = subprocess.Popen(
-        [sys.executable, "-P", "-m", "avr_runtime", *args], env=env, stdout=out, stderr=subprocess.STDOUT
+        [*prefix, sys.executable, "-P", "-m", "avr_runtime", *args], env=env, stdout=out, stderr=subprocess.STDOUT
     )
     return Proc(popen, log_path)
 

@@ -39,7 +39,7 @@ def test_defaults_are_avr_defaults() -> None:
     assert s.webhook_retry == 0
     assert s.mode == "none"
     assert (s.playout_margin_ms, s.playout_grace_ms, s.playout_max_slew_ms) == (4.0, 8.0, 5.0)
-    assert (s.fast_path, s.fast_path_poll_ms) == (True, 1.0)
+    assert (s.fast_path, s.fast_path_poll_ms, s.realtime_priority) == (True, 1.0, 0)
 
 
 def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,6 +70,7 @@ def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         "PLAYOUT_MAX_SLEW_MS": "2",
         "PLAYOUT_GRACE_MS": "4",
         "FAST_PATH_POLL_MS": "0",
+        "REALTIME_PRIORITY": "20",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -90,6 +91,7 @@ def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "s3cret-value" not in repr(s)
     assert (s.webhook_timeout, s.webhook_retry) == (1000, 2)
     assert (s.playout_max_slew_ms, s.fast_path_poll_ms, s.playout_grace_ms) == (2.0, 0.0, 4.0)
+    assert s.realtime_priority == 20
 
 
 def test_lowercase_env_names_work(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,6 +153,8 @@ def test_partial_chain_is_rejected(monkeypatch: pytest.MonkeyPatch, present: tup
         ("PLAYOUT_MAX_SLEW_MS", "15"),
         ("FAST_PATH_POLL_MS", "-0.5"),
         ("FAST_PATH_POLL_MS", "50"),
+        ("REALTIME_PRIORITY", "-1"),
+        ("REALTIME_PRIORITY", "100"),
     ],
 )
 def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
