@@ -115,8 +115,8 @@ class StreamCodec:
     def relay_options(self, queue_frames: int) -> dict[str, Any]:
         """What the data plane needs to go on where this codec stands: libopus's own encoder and decoder (their
         state carries over, so the caller hears no reset; the engine keeps this object alive for them) and the
-        silence shortcut's state. Audio is refused
-        once ``out_cap`` bytes wait unsent: the Python leg's bound, in bytes."""
+        silence shortcut's state. Audio is refused once ``out_cap`` bytes wait unsent: the Python leg's bound, in
+        bytes."""
         assert self._enc is not None and self._dec is not None
         packet_bytes = self._enc.bitrate // 400 + 4  # a 20 ms packet at the target rate, and its frame header
         return {
@@ -252,6 +252,8 @@ class StreamConnection(asyncio.Protocol):
         log.warning("stream %s: %s", call_uuid, detail, extra={"uuid": call_uuid, "reason": reason})
         self._ended = True
         self._close_code = close_code
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()  # nothing after the bad frame is read as audio (the relay would forward it)
         if self.call is not None:
             self.call.end(f"protocol_error:{reason}")
 

@@ -137,11 +137,15 @@ async def test_bad_opus_packet_ends_only_that_stream(
         relayed = await asyncio.to_thread(w.metric, "avr_calls_relayed_total")
         assert relayed == (1 if lead else 0)
         await bad.send_bytes(packet)
+        for good_packet in packets[lead : lead + 10]:  # what follows the bad packet is not audio any more
+            await bad.send_bytes(good_packet)
         hangup = None
         async for msg in bad:
             if msg.type is aiohttp.WSMsgType.TEXT:
                 hangup = orjson.loads(msg.data)
         assert hangup is not None and hangup["reason"] == "protocol_error:bad_audio"
+        _, stats, _ = await asyncio.to_thread(http_json, sts.url("/stats"))
+        assert stats.get("sts_audio", 0) == lead, "only the packets before the bad one reached the provider"
         # the other stream is unaffected
         for _ in range(25):
             await good.send_bytes(bytes(640))
