@@ -358,10 +358,7 @@ static void send_opus(Relay *r, const uint8_t *pcm) {
         int16_t samples[FRAME / 2];
         memcpy(samples, pcm, FRAME);
         len = r->opus_encode(r->encoder, samples, FRAME / 2, packet, OPUS_MAX_PACKET);
-        if (len <= 0) { /* cannot happen for a whole frame of a valid encoder; nothing sensible to send */
-            r->engine->dropped_backpressure++;
-            return;
-        }
+        if (len <= 0) return; /* libopus fails a whole 20 ms frame only on a broken state: nothing to send */
         if (r->silent_frames >= SILENCE_SETTLE_FRAMES) {
             memcpy(r->silence_packet, packet, (size_t)len);
             r->silence_len = len;
