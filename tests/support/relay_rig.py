@@ -11,7 +11,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from avr_runtime.protocol import audiosocket as wire
 from avr_runtime.protocol import websocket as ws
@@ -222,3 +222,12 @@ async def until(cond: Callable[[], bool], within: float = 2.0) -> bool:
 async def settle(seconds: float = 0.05) -> None:
     """Give the engine a few passes to (not) do something."""
     await asyncio.sleep(seconds)
+
+
+def close_rig(engine: Any, *peers: Peer) -> None:
+    """A test's engine off the event loop and closed (with the worker's ends of its sockets), then the peers."""
+    asyncio.get_running_loop().remove_reader(engine.fileno())
+    engine.close()
+    for peer in peers:
+        if peer.transport is not None:
+            peer.transport.abort()

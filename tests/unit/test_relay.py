@@ -42,6 +42,7 @@ from relay_rig import (
     ProviderPeer,
     Recorder,
     audio_message,
+    close_rig,
     pcm,
     server_frame,
     settle,
@@ -136,11 +137,7 @@ async def make_rig(request: pytest.FixtureRequest) -> AsyncIterator[MakeRig]:
 
     yield make
     for rig in made:
-        loop.remove_reader(rig.engine.fileno())
-        rig.engine.close()
-        for peer in (rig.asterisk, rig.provider):
-            if peer.transport is not None:
-                peer.transport.abort()
+        close_rig(rig.engine, rig.asterisk, rig.provider)
 
 
 # --- AudioSocket → provider ---

@@ -29,6 +29,7 @@ from relay_rig import (
     ProviderPeer,
     Recorder,
     audio_message,
+    close_rig,
     server_frame,
     settle,
     tcp_pair,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from avr_runtime.server._relay import Engine as EngineType
     from avr_runtime.server._relay import Relay as RelayType
 
+Engine = _relay.Engine
 CLIENT = _relay.AS
 KEY = b"\x5a\xa5\x3c\xc3"
 FRAME = 320
@@ -164,14 +166,7 @@ async def make_rig(request: pytest.FixtureRequest) -> AsyncIterator[MakeStreamRi
 
     yield make
     for rig in made:
-        loop.remove_reader(rig.engine.fileno())
-        rig.engine.close()
-        for peer in (rig.client, rig.provider):
-            if peer.transport is not None:
-                peer.transport.abort()
-
-
-Engine = _relay.Engine
+        close_rig(rig.engine, rig.client, rig.provider)
 
 
 # --- client -> provider ---
