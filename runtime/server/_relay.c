@@ -340,20 +340,18 @@ static const uint8_t ZERO_FRAME[FRAME];
 /* One Opus packet in a server (unmasked) binary frame. Digital silence is encoded until the encoder has settled on
  * it, then the same packet is repeated (server/stream.py StreamCodec._encode_opus: keep the two in step). */
 static void send_opus(Relay *r, const uint8_t *pcm) {
-    Side *s = &r->side[SIDE_AS];
     uint8_t frame[4 + OPUS_MAX_PACKET];
     uint8_t *packet = frame + 4;
     int32_t len;
     if (pcm != ZERO_FRAME && memcmp(pcm, ZERO_FRAME, FRAME) != 0) {
         r->silent_frames = 0;
         r->silence_len = 0;
-    } else if (r->silence_len) {
-        memcpy(packet, r->silence_packet, (size_t)r->silence_len);
-    } else {
+    } else if (!r->silence_len) {
         r->silent_frames++;
     }
     if (r->silence_len) {
         len = r->silence_len;
+        memcpy(packet, r->silence_packet, (size_t)len);
     } else {
         int16_t samples[FRAME / 2];
         memcpy(samples, pcm, FRAME);
@@ -373,34 +371,27 @@ static void send_opus(Relay *r, const uint8_t *pcm) {
         h[2] = (uint8_t)(len >> 8);
         h[3] = (uint8_t)len;
     }
-    if (side_write(s, h, (size_t)(packet + len - h), 1)) r->engine->dropped_backpressure++;
+    if (side_write(&r->side[SIDE_AS], h, (size_t)(packet + len - h), 1)) r->engine->dropped_backpressure++;
 }
 
-static void pacer_send(Relay *r, const uint8_t *pcm, double waited, int silence) {
+static void send_audiosocket(Relay *r, const uint8_t *pcm) {
+    uint8_t frame[3 + FRAME] = {0x10, FRAME >> 8, FRAME & 0xFF};
+    memcpy(frame + 3, pcm, FRAME);
+    if (side_write(&r->side[SIDE_AS], frame, sizeof frame, 1)) r->engine->dropped_backpressure++;
+}
+
+/* One slot's frame to the caller: ``pcm``, or silence when it is NULL. */
+static void pacer_send(Relay *r, const uint8_t *pcm, double waited) {
     Engine *e = r->engine;
-    if (r->caller == CALLER_OPUS_STREAM) {
-        if (silence) {
-            e->out_silence++;
-        } else {
-            e->out_audio++;
-            observe(e, waited);
-        }
-        send_opus(r, silence ? ZERO_FRAME : pcm);
-        return;
-    }
-    uint8_t frame[3 + FRAME];
-    frame[0] = 0x10;
-    frame[1] = FRAME >> 8;
-    frame[2] = FRAME & 0xFF;
-    if (silence) {
-        memset(frame + 3, 0, FRAME);
+    if (pcm == NULL) {
         e->out_silence++;
+        pcm = ZERO_FRAME;
     } else {
-        memcpy(frame + 3, pcm, FRAME);
         e->out_audio++;
         observe(e, waited);
     }
-    if (side_write(&r->side[SIDE_AS], frame, sizeof frame, 1)) e->dropped_backpressure++;
+    if (r->caller == CALLER_OPUS_STREAM) send_opus(r, pcm);
+    else send_audiosocket(r, pcm);
 }
 
 static void pacer_watch_backlog(Relay *r, int backlog) {
@@ -430,13 +421,13 @@ static void pacer_watch_backlog(Relay *r, int backlog) {
 
 static void pacer_emit(Relay *r, double anchor, double now) {
     if (r->count == 0) {
-        pacer_send(r, NULL, 0.0, 1);
+        pacer_send(r, NULL, 0.0);
         r->talking = 0;
     } else {
         int slot = r->head;
         double waited = now - r->arrived[slot];
         playout_drop_oldest(r);  /* the frame's bytes stay valid until the next append */
-        pacer_send(r, r->frames + (size_t)slot * FRAME, waited, 0);
+        pacer_send(r, r->frames + (size_t)slot * FRAME, waited);
         r->talking = 1;
         pacer_watch_backlog(r, r->count);
     }
@@ -449,7 +440,7 @@ static void pacer_tick(Relay *r, double now) {
     double slot = r->next;
     if (r->grace) { /* grace expired with nothing to play */
         r->grace = 0;
-        pacer_send(r, NULL, 0.0, 1);
+        pacer_send(r, NULL, 0.0);
         r->talking = 0;
         r->earliest = now + r->period - r->max_slew;
         double next = slot - r->grace_window + r->period;
