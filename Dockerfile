@@ -12,7 +12,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-# a C compiler for the worker's compiled data plane (runtime/server/_relay.c); only this stage has it
+# a C compiler for the compiled data planes (runtime/server/_relay.c, runtime/reference/_echo.c); only this stage has it
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*

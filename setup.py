@@ -1,5 +1,6 @@
-"""The one compiled part: the call data plane (runtime/server/_relay.c). Optional: without a C compiler the
-package installs without it and the worker relays every call in Python (FAST_PATH has no effect)."""
+"""The compiled parts: the worker's call data plane (runtime/server/_relay.c) and the reference echo provider's
+(runtime/reference/_echo.c). Both optional: without a C compiler the package installs without them, the worker
+relays every call in Python (FAST_PATH has no effect) and the echo provider echoes in Python."""
 
 import sys
 
@@ -7,13 +8,19 @@ from setuptools import Extension, setup
 
 ext_modules = []
 if sys.platform == "linux":  # epoll and timerfd
-    ext_modules.append(
+    ext_modules += [
         Extension(
-            "avr_runtime.server._relay",
-            sources=["runtime/server/_relay.c"],
+            name,
+            sources=[source],
+            include_dirs=["runtime/_c"],
+            depends=["runtime/_c/common.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         )
-    )
+        for name, source in (
+            ("avr_runtime.server._relay", "runtime/server/_relay.c"),
+            ("avr_runtime.reference._echo", "runtime/reference/_echo.c"),
+        )
+    ]
 
 setup(ext_modules=ext_modules)

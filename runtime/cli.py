@@ -46,7 +46,7 @@ def _provider(args: argparse.Namespace) -> int:
         )
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(kinds, args.host, args.port, args.delay_ms)
+    serve(kinds, args.host, args.port, args.delay_ms, echo=args.echo)
     return 0
 
 
@@ -149,6 +149,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=6030)
     p.add_argument("--delay-ms", type=float, default=0.0, help="delay each reply (simulates a slow provider)")
+    p.add_argument(
+        "--echo",
+        choices=("c", "python"),
+        default="c",
+        help="sts alone: echo audio in the compiled engine (c, when built) or in Python",
+    )
     p.set_defaults(fn=_provider)
 
     c = sub.add_parser("call", help="place a sample call over AudioSocket and print what came back")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Final
 
 from avr_runtime.protocol import sts
@@ -14,13 +15,20 @@ class Stats:
     """Request counters, served on GET /stats so tests can see what reached the provider."""
 
     def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
+        self._counts: Counter[str] = Counter()
+        self.sources: list[Callable[[], dict[str, int]]] = []  # counts kept elsewhere (the compiled echo engine)
+
+    @property
+    def counts(self) -> Counter[str]:
+        for source in self.sources:
+            self._counts.update({key: n for key, n in source().items() if n})
+        return self._counts
 
     def __getitem__(self, key: str) -> int:
         return self.counts[key]
 
     def __setitem__(self, key: str, value: int) -> None:
-        self.counts[key] = value
+        self._counts[key] = value
 
 
 class EchoSession:

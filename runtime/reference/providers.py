@@ -15,7 +15,7 @@ from avr_runtime.audio import pcm
 from avr_runtime.audio.buffer import AnalysisWindows
 from avr_runtime.audio.vad import EnergyVad
 from avr_runtime.reference.echo import EchoSession, Stats
-from avr_runtime.reference.sts_server import StsServerProtocol
+from avr_runtime.reference.sts_server import ECHO_AVAILABLE, EchoPlane, StsServerProtocol
 
 log = logging.getLogger(__name__)
 
@@ -172,15 +172,18 @@ def build_app(kinds: tuple[str, ...], delay_ms: float = 0.0) -> web.Application:
     return app
 
 
-def serve(kinds: tuple[str, ...], host: str, port: int, delay_ms: float = 0.0) -> None:
+def serve(kinds: tuple[str, ...], host: str, port: int, delay_ms: float = 0.0, *, echo: str = "c") -> None:
+    """Serve until killed. STS alone runs on the Protocol server; ``echo="c"`` moves its sessions to the compiled
+    echo engine (when built) after their handshake."""
     from avr_runtime.loop import new_event_loop  # noqa: PLC0415
 
     async def main() -> None:
         if kinds == ("sts",):  # STS alone: the Protocol server, lean enough for the load benchmark
             loop = asyncio.get_running_loop()
             stats = Stats()
+            plane = EchoPlane(loop, stats) if echo == "c" and ECHO_AVAILABLE else None
             await loop.create_server(
-                lambda: StsServerProtocol(stats, delay_ms / 1000), host, port, backlog=1024, reuse_address=True
+                lambda: StsServerProtocol(stats, delay_ms / 1000, plane), host, port, backlog=1024, reuse_address=True
             )
         else:
             runner = web.AppRunner(build_app(kinds, delay_ms), access_log=None)

@@ -26,8 +26,7 @@
  * every 1 ms cut the worker's CPU per frame by a fifth and its peers' by about a tenth, for up to 1 ms more
  * latency each way.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "common.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -66,42 +65,6 @@ static double monotonic(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-/* ---------------------------------------------------------------- byte buffers */
-
-typedef struct {
-    uint8_t *data;
-    size_t len, cap;
-} Buf;
-
-static int buf_append(Buf *b, const uint8_t *d, size_t n) {
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 512;
-        while (cap < b->len + n) cap *= 2;
-        uint8_t *p = PyMem_Realloc(b->data, cap);
-        if (p == NULL) return -1;
-        b->data = p;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, d, n);
-    b->len += n;
-    return 0;
-}
-
-static void buf_consume(Buf *b, size_t n) {
-    if (n >= b->len) {
-        b->len = 0;
-        return;
-    }
-    memmove(b->data, b->data + n, b->len - n);
-    b->len -= n;
-}
-
-static void buf_free(Buf *b) {
-    PyMem_Free(b->data);
-    b->data = NULL;
-    b->len = b->cap = 0;
 }
 
 /* ---------------------------------------------------------------- types */
@@ -573,18 +536,7 @@ static void forward_audio(Relay *r, const uint8_t *pcm, size_t n) {
 
 /* ---------------------------------------------------------------- handing bytes to Python */
 
-static int give_python(Side *s, const uint8_t *d, size_t n) {
-    PyObject *data = PyBytes_FromStringAndSize((const char *)d, (Py_ssize_t)n);
-    if (data == NULL) return -1;
-    PyObject *res = PyObject_CallMethod(s->protocol, "data_received", "O", data);
-    Py_DECREF(data);
-    if (res == NULL) {
-        PyErr_WriteUnraisable(s->protocol);
-        return -1;
-    }
-    Py_DECREF(res);
-    return 0;
-}
+static int give_python(Side *s, const uint8_t *d, size_t n) { return give_python_to(s->protocol, d, n); }
 
 static int side_gone(Side *s) { return s->fd < 0 || s->lost || s->paused; }
 
@@ -611,31 +563,11 @@ static size_t parse_as(Relay *r, const uint8_t *p, size_t n) {
     return side_gone(s) ? n : pos;
 }
 
-static int valid_opcode(int op) { return op <= 2 || (op >= 8 && op <= 10); }
-
 /* A whole frame for Python's parser. A fragmented message is followed to its end: all its frames are Python's. */
 static void give_python_frame(Side *s, const uint8_t *frame, size_t size, int op, int fin) {
     if (op == 1 || op == 2) s->in_message = !fin;
     else if (op == 0 && fin) s->in_message = 0;
     give_python(s, frame, size);
-}
-
-/* A WebSocket frame's payload length (RFC 6455 5.2); returns the header's size up to the masking key, 0 while the
- * length is incomplete. At least 2 bytes are available. */
-static size_t frame_length(const uint8_t *p, size_t n, uint64_t *len) {
-    *len = p[1] & 0x7F;
-    if (*len == 126) {
-        if (n < 4) return 0;
-        *len = (uint64_t)p[2] << 8 | p[3];
-        return 4;
-    }
-    if (*len == 127) {
-        if (n < 10) return 0;
-        *len = 0;
-        for (int i = 0; i < 8; i++) *len = *len << 8 | p[2 + i];
-        return 10;
-    }
-    return 2;
 }
 
 /* Client WebSocket frames of the Opus stream leg: returns how many bytes were used. A whole binary message that
@@ -650,9 +582,7 @@ static size_t parse_stream(Relay *r, const uint8_t *p, size_t n) {
         uint64_t len;
         size_t hdr = frame_length(p + pos, n - pos, &len);
         if (hdr == 0) break;
-        int bad = (b0 & 0x70) || !(b1 & 0x80) || !valid_opcode(op) || (op >= 8 && (!fin || len > 125)) ||
-                  len > r->caller_max;
-        if (bad) { /* the header alone: Python's parser refuses it with the right close code */
+        if (bad_client_header(b0, b1, len, r->caller_max)) { /* the header alone, for Python to refuse */
             give_python(s, p + pos, hdr);
             pos += hdr;
             continue;
@@ -723,50 +653,22 @@ static size_t parse_ws(Relay *r, const uint8_t *p, size_t n) {
 
 /* ---------------------------------------------------------------- reading */
 
-static void side_read(Side *s) {
-    Engine *e = s->owner->engine;
+static size_t parse_side(void *owner, const uint8_t *p, size_t n) {
+    Side *s = owner;
     Relay *r = s->owner;
-    for (;;) {
-        if (s->fd < 0) return;
-        ssize_t got = recv(s->fd, e->scratch, READ_CHUNK, MSG_DONTWAIT);
-        if (got < 0) {
-            if (errno == EINTR) continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                s->err = errno;
-                s->lost = 1;
-            }
-            return;
-        }
-        if (got == 0) {
-            if (s->in.len) { /* a frame cut short: Python's parser sees the bytes and reports it at connection_lost */
-                give_python(s, s->in.data, s->in.len);
-                s->in.len = 0;
-            }
-            s->lost = 1;
-            return;
-        }
-        const uint8_t *p = e->scratch;
-        size_t n = (size_t)got;
-        if (s->in.len) {
-            if (buf_append(&s->in, p, n) < 0) {
-                s->err = ENOMEM;
-                s->lost = 1;
-                return;
-            }
-            p = s->in.data;
-            n = s->in.len;
-        }
-        size_t used = s->which == SIDE_WS              ? parse_ws(r, p, n)
-                      : r->caller == CALLER_OPUS_STREAM ? parse_stream(r, p, n)
-                                                        : parse_as(r, p, n);
-        if (p == s->in.data) {
-            buf_consume(&s->in, used);
-        } else if (used < n && buf_append(&s->in, p + used, n - used) < 0) {
-            s->err = ENOMEM;
-            s->lost = 1;
-            return;
-        }
-        if ((size_t)got < READ_CHUNK) return;
+    if (s->which == SIDE_WS) return parse_ws(r, p, n);
+    return r->caller == CALLER_OPUS_STREAM ? parse_stream(r, p, n) : parse_as(r, p, n);
+}
+
+static int side_stop_reading(void *owner) { return ((Side *)owner)->fd < 0; }
+
+static void side_read(Side *s) {
+    /* a frame cut short by the peer's end: Python's parser sees the bytes and reports it at connection_lost */
+    int end = read_frames(s->fd, s->owner->engine->scratch, READ_CHUNK, &s->in, parse_side, side_stop_reading, s,
+                          s->protocol);
+    if (end) {
+        s->lost = 1;
+        if (end > 0) s->err = end;
     }
 }
 
@@ -802,21 +704,7 @@ static void relay_settle(Relay *r) {
             side_close_fd(s);
             s->lost = 0;
             s->err = 0;
-            PyObject *exc = Py_None;
-            Py_INCREF(exc);
-            if (err) {
-                Py_DECREF(exc);
-                exc = PyObject_CallFunction(PyExc_ConnectionError, "is", err, strerror(err));
-                if (exc == NULL) {
-                    PyErr_Clear();
-                    exc = Py_None;
-                    Py_INCREF(exc);
-                }
-            }
-            PyObject *res = PyObject_CallMethod(s->protocol, "connection_lost", "O", exc);
-            Py_DECREF(exc);
-            if (res == NULL) PyErr_WriteUnraisable(s->protocol);
-            Py_XDECREF(res);
+            report_lost(s->protocol, err);
         }
     }
     if (r->side[0].fd < 0 && r->side[1].fd < 0) {

@@ -7,6 +7,7 @@ import json
 import urllib.request
 from collections.abc import AsyncIterator
 
+import echo_rig
 import pytest
 from aiohttp import web
 
@@ -18,9 +19,12 @@ from avr_runtime.reference.sts_server import StsServerProtocol
 from avr_runtime.services.providers import wsclient
 
 
-@pytest.fixture(params=["protocol", "aiohttp"])
+@pytest.fixture(params=["engine", "protocol", "aiohttp"])
 async def provider(request: pytest.FixtureRequest) -> AsyncIterator[tuple[int, Stats]]:
-    if request.param == "protocol":
+    if request.param == "engine":
+        async with echo_rig.server() as rig:
+            yield rig.port, rig.stats
+    elif request.param == "protocol":
         stats = Stats()
         server = await asyncio.get_running_loop().create_server(lambda: StsServerProtocol(stats), "127.0.0.1", 0)
         yield server.sockets[0].getsockname()[1], stats
