@@ -202,9 +202,10 @@ def tcp_open(port: int) -> bool:
 PY: Final = [sys.executable, "-P"]
 
 
-def start_provider(core: int | None) -> tuple[Proc, int]:
+def start_provider(core: int | None, echo: str = "c") -> tuple[Proc, int]:
     port = free_port()
-    proc = spawn("provider", [*PY, "-m", "avr_runtime", "provider", "sts", "--port", str(port)], core)
+    cmd = [*PY, "-m", "avr_runtime", "provider", "sts", "--port", str(port), "--echo", echo]
+    proc = spawn("provider", cmd, core)
     wait_until(proc, lambda: http_ok(f"http://{HOST}:{port}/health"))
     return proc, port
 
@@ -980,7 +981,8 @@ def header(args: argparse.Namespace, cores: tuple[int | None, int | None], gener
         f"load average before the run: {load1:.2f} (1 min), {load5:.2f} (5 min)",
         f"each call: {args.warmup:g} s warm-up + {args.seconds:g} s measured, 20 ms frames",
         f"worker FAST_PATH={'true' if args.fast_path == 'on' else 'false'}; PCM load generator: "
-        + ("pcm_calls.c" if generator is not None else "Python (PcmCall)"),
+        + ("pcm_calls.c" if generator is not None else "Python (PcmCall)")
+        + f"; provider echo: {'compiled engine' if args.provider_echo == 'c' else 'Python'}",
         f"worker REALTIME_PRIORITY={args.realtime}"
         + (" (SCHED_FIFO; everything else on the normal scheduler)" if args.realtime else " (the normal scheduler)"),
     ]
@@ -1001,7 +1003,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> Bench:
         os.environ["REALTIME_PRIORITY"] = str(args.realtime)  # the worker's environment: start_worker copies it
     generator = build_generator(workdir) if args.generator == "c" else None
     print(header(args, cores, generator), flush=True)
-    provider, sts_port = start_provider(cores[1])
+    provider, sts_port = start_provider(cores[1], args.provider_echo)
     max_calls = max([*args.calls, *args.opus_calls, 1]) + 16
     bench = Bench(cores[0], cores[1], provider, sts_port, max_calls, args.warmup, args.seconds, args.fast_path == "on")
     bench.generator = generator
@@ -1214,6 +1216,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=("c", "python"),
         default="c",
         help="the PCM load generator: pcm_calls.c (built with the C compiler) or PcmCall in this process",
+    )
+    parser.add_argument(
+        "--provider-echo",
+        choices=("c", "python"),
+        default="c",
+        help="the echo provider's audio path: its compiled engine or its Python Protocol (provider --echo)",
     )
     parser.add_argument(
         "--realtime",
