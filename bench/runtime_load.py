@@ -527,6 +527,7 @@ class PcmResult(Costs):
     measured: int
     silence: int
     lag_p99_ms: float
+    lag_max_ms: float  # one stall of the load side longer than the margin plus the grace makes silence slots
     pacer_late: int | None = None  # worker only: its pacer's slots that fired > 5 ms late, in the window
     relayed: int | None = None  # worker only: calls moved to the compiled data plane
     dropped: int | None = None  # worker only: frames it dropped on purpose in the window (all reasons)
@@ -639,6 +640,7 @@ def summarise_pcm(calls: Sequence[PcmCall], usage: Usage, idle_rss: int) -> PcmR
         measured=sum(c.measured() for c in calls),
         silence=sum(c.silence for c in calls),
         lag_p99_ms=ms(lag, 99),
+        lag_max_ms=ms(lag, 100),
     )
 
 
@@ -698,6 +700,7 @@ async def pcm_load_native(
         measured=measured,
         silence=silence,
         lag_p99_ms=ms(values[n_rtt : n_rtt + n_lag], 99),
+        lag_max_ms=ms(values[n_rtt : n_rtt + n_lag], 100),
     )
     apply_counters(result, before, after)
     return result
@@ -1098,6 +1101,7 @@ def pcm_latency_table(rows: Sequence[tuple[int, PcmResult, PcmResult]]) -> str:
         "silence slots (w)",
         "pacer late slots (w)",
         "client send lag p99 ms (w / f)",
+        "client send lag max ms (w / f)",
         "calls relayed in C (w)",
         "worker drops (reason)",
         "vCPU steal % server / load core (w)",
@@ -1113,6 +1117,7 @@ def pcm_latency_table(rows: Sequence[tuple[int, PcmResult, PcmResult]]) -> str:
             str(w.silence),
             "-" if w.pacer_late is None else str(w.pacer_late),
             f"{w.lag_p99_ms:.2f} / {f.lag_p99_ms:.2f}",
+            f"{w.lag_max_ms:.2f} / {f.lag_max_ms:.2f}",
             "-" if w.relayed is None else str(w.relayed),
             drops(w),
             w.steal(),
