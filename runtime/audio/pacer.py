@@ -7,7 +7,8 @@ provider so streamed audio waits about ``margin`` in the worker instead of up to
 - audio arriving into an empty buffer pulls the next slot earlier (at most ``max_slew`` per frame) until it waits
   only ``margin``;
 - audio that is late for its slot by up to ``grace`` (default: ``margin``) is still sent at once instead of a
-  silence frame;
+  silence frame; when the loop itself fires a slot more than 5 ms late (a stall of the worker), the grace counts
+  from then, so the worker's own delay is not charged to the provider as a silence frame;
 - a stream that keeps a steady backlog (audio arriving in real time behind a late frame or a stall) loses it, so
   one hiccup does not add latency for the rest of the call: up to ten frames (200 ms) are drained by sending
   ``max_slew`` early (nothing is dropped) once the backlog has lasted three frames, a larger one is dropped after a
@@ -235,7 +236,8 @@ class Pacer:
             self._on_late()
         if not buffer and self._talking and self.grace > 0:
             self._grace = True
-            self._next = slot + self.grace
+            # the grace is the provider's: a slot this loop was itself late for waits the whole grace from now
+            self._next = (now if lateness > LATE_AFTER else slot) + self.grace
             self._handle = self._call_at(self._next, self._tick)
             return
         # a stalled loop restarts the grid from now instead of catching up in a burst

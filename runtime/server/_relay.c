@@ -416,7 +416,7 @@ static void pacer_tick(Relay *r, double now) {
     if (lateness > LATE_AFTER) r->engine->late++;
     if (r->count == 0 && r->talking && r->grace_window > 0) {
         r->grace = 1;
-        r->next = slot + r->grace_window;
+        r->next = (lateness > LATE_AFTER ? now : slot) + r->grace_window; /* our own stall is not the provider's */
         return;
     }
     pacer_emit(r, lateness > r->period ? now : slot, now);

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -185,6 +186,33 @@ async def test_a_grace_longer_than_the_margin_plays_later_audio_instead_of_silen
         assert rec.sent[i + 1].t - first_sent == pytest.approx(PERIOD + 0.008, abs=0.003)
     else:
         assert frames[i + 1 : i + 3] == [SILENCE, frame(1)]
+    assert_min_spacing(rec, pacer)
+
+
+async def test_a_stall_of_the_loop_itself_does_not_use_up_the_grace() -> None:
+    """The loop stalls from 10 ms after frame 0 to 12 ms past frame 1's slot (more than the 8 ms grace), and frame 1
+    arrives 2 ms after that: the grace counts from when the pacer could look, so frame 1 is played as it arrives
+    instead of after a silence frame and a period."""
+    pacer, rec, buf = make(margin=0.004, max_slew=0.005, grace=0.008)
+    loop = asyncio.get_running_loop()
+
+    def on_send(frame_: bytes, wait: float | None) -> None:
+        Recorder.__call__(rec, frame_, wait)
+        if frame_ == frame(0):
+            t0 = loop.time()
+            loop.call_at(t0 + 0.010, time.sleep, 0.022)  # a blocking stall over frame 1's slot
+            loop.call_at(t0 + 0.034, push, pacer, buf, frame(1))
+
+    pacer._send = on_send
+    pacer.start()
+    await asyncio.sleep(0.05)
+    push(pacer, buf, frame(0))
+    await asyncio.sleep(0.2)
+    pacer.stop()
+    frames = [s.frame for s in rec.sent]
+    i = frames.index(frame(0))
+    assert frames[i + 1 : i + 3] == [frame(1), SILENCE], "the stall was charged to the provider as silence"
+    assert rec.sent[i + 1].t - rec.sent[i].t == pytest.approx(0.034, abs=0.003)
     assert_min_spacing(rec, pacer)
 
 

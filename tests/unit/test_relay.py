@@ -669,6 +669,25 @@ async def test_the_grace_window_plays_later_audio_instead_of_silence(
     assert audio[i + 1 : i + 3] == ([frame_n(1), SILENCE] if played else [SILENCE, frame_n(1)])
 
 
+async def test_a_stall_of_the_worker_itself_does_not_use_up_the_grace(make_rig: MakeRig) -> None:
+    """As pacer.py: the event loop (which runs the engine) stalls over frame 1's slot until 12 ms past it, more than
+    the 8 ms grace window, and frame 1 arrives 2 ms later: it is played as it arrives, not after a silence frame."""
+    rig = await make_rig(grace_window=0.008)
+    await settle(0.05)
+    rig.relay.push(frame_n(0))
+    assert await until(lambda: frame_n(0) in spoken(rig))
+    slot = rig.asterisk.arrivals[-1] + PERIOD
+    await asyncio.sleep(max(0.0, slot - 0.010 - time.monotonic()))
+    time.sleep(max(0.0, slot + 0.012 - time.monotonic()))  # noqa: ASYNC251  # a deliberate stall of the loop
+    await asyncio.sleep(0.002)
+    rig.relay.push(frame_n(1))
+    assert await until(lambda: frame_n(1) in spoken(rig))
+    await settle(0.1)
+    audio = rig.asterisk.audio()
+    i = audio.index(frame_n(0))
+    assert audio[i + 1 : i + 3] == [frame_n(1), SILENCE], "the worker's stall was charged to the provider"
+
+
 @pytest.mark.parametrize(("stalled", "drained"), [(6, True), (DRAIN_MAX_FRAMES + 6, False)])
 async def test_a_steady_backlog_behind_a_stall_is_drained_or_if_too_large_cut(
     make_rig: MakeRig, stalled: int, drained: bool
