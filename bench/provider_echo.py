@@ -40,6 +40,7 @@ MODES: dict[str, list[str]] = {
     "aiohttp route": ["sts,tts"],
 }
 BASELINE = "Protocol (Python)"
+TWO_CORES = (os.cpu_count() or 1) > 1  # then the driver runs on core 0 and each provider on core 1
 
 
 @dataclass
@@ -65,16 +66,13 @@ def cpu_seconds(pid: int) -> float:
 async def drive(port: int, sessions: int, seconds: float, pid: int) -> Result:
     loop = asyncio.get_running_loop()
     sent: list[deque[float]] = [deque() for _ in range(sessions)]
-    rtt: list[float] = []
+    rtt: list[float] = []  # one per echo received in the window
     measuring = False
-    received = 0
 
     def receiver(i: int) -> Callable[[int, bytes], None]:
         def on_message(_opcode: int, _payload: bytes) -> None:
-            nonlocal received
             at = sent[i].popleft() if sent[i] else None
             if measuring and at is not None:
-                received += 1
                 rtt.append((time.monotonic() - at) * 1000)
 
         return on_message
@@ -104,15 +102,14 @@ async def drive(port: int, sessions: int, seconds: float, pid: int) -> Result:
     measuring = False
     for conn in conns:
         conn.abort("done")
-    return Result(received, used, rtt)
+    return Result(len(rtt), used, rtt)
 
 
 def measure(name: str, args: list[str], sessions: int, seconds: float) -> Result:
     port = free_port()
     cmd = [sys.executable, "-P", "-m", "avr_runtime", "provider", *args, "--port", str(port)]
-    pin = os.cpu_count() and os.cpu_count() > 1  # type: ignore[operator]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if pin:
+    if TWO_CORES:
         os.sched_setaffinity(proc.pid, {1})
     try:
         wait_http(f"http://{HOST}:{port}/health", timeout=20)
@@ -134,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sessions", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args(argv)
-    if (os.cpu_count() or 1) > 1:
+    if TWO_CORES:
         os.sched_setaffinity(0, {0})  # the driver on core 0, each provider on core 1
     results = {name: measure(name, cmd, args.sessions, args.seconds) for name, cmd in MODES.items()}
     base = results[BASELINE]

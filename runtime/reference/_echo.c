@@ -147,8 +147,9 @@ static int is_audio(const uint8_t *key, const uint8_t *payload, uint64_t len) {
     return 1;
 }
 
-/* Client frames: returns how many bytes were used (the rest is an incomplete frame). */
-static size_t parse(Conn *c, const uint8_t *p, size_t n) {
+/* Client frames: returns how many bytes were used (the rest is an incomplete frame). A parse_fn for read_frames. */
+static size_t parse(void *owner, const uint8_t *p, size_t n) {
+    Conn *c = owner;
     size_t pos = 0;
     while (n - pos >= 2 && !conn_gone(c)) {
         uint8_t b0 = p[pos], b1 = p[pos + 1];
@@ -177,15 +178,13 @@ static size_t parse(Conn *c, const uint8_t *p, size_t n) {
     return conn_gone(c) ? n : pos;
 }
 
-static size_t parse_conn(void *owner, const uint8_t *p, size_t n) { return parse(owner, p, n); }
-
 static int conn_stop_reading(void *owner) {
     Conn *c = owner;
     return c->fd < 0 || c->closing || c->out.len > OUT_CAP;
 }
 
 static void conn_read(Conn *c) {
-    int end = read_frames(c->fd, c->echo->scratch, READ_CHUNK, &c->in, parse_conn, conn_stop_reading, c, c->protocol);
+    int end = read_frames(c->fd, c->echo->scratch, READ_CHUNK, &c->in, parse, conn_stop_reading, c, c->protocol);
     if (end) {
         c->lost = 1;
         if (end > 0) c->err = end;

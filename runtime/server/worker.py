@@ -96,7 +96,7 @@ def use_realtime(priority: int) -> bool:
     """Put the calling thread (the event loop's, and the threads it starts later) on SCHED_FIFO at ``priority``.
 
     Why: on the 2-vCPU machine of bench/runtime_load.py, at 500 calls, the worker's pacer slots that fired more
-    than 5 ms late fell from 555-1,249 per 10 s to 0-137 with SCHED_FIFO, the rest of the node's ordinary work on
+    than 5 ms late fell from 665-1,201 per 10 s to 0-215 with SCHED_FIFO, the rest of the node's ordinary work on
     that core no longer queued ahead of it. It needs CAP_SYS_NICE; without it the worker says so and goes on.
     """
     if priority == 0:
