@@ -11,8 +11,10 @@ provider so streamed audio waits about ``margin`` in the worker instead of up to
   from then, so the worker's own delay is not charged to the provider as a silence frame;
 - a stream that keeps a steady backlog (audio arriving in real time behind a late frame or a stall) loses it, so
   one hiccup does not add latency for the rest of the call: up to ten frames (200 ms) are drained by sending
-  ``max_slew`` early (nothing is dropped) once the backlog has lasted three frames, a larger one is dropped after a
-  second; replies generated faster than real time (their backlog grows or drains) are never touched;
+  ``max_slew`` early (nothing is dropped) once the backlog has lasted three frames, or from the next slot when a
+  hiccup of the pacer's own made it (a slot it fired late, or a silence frame it played for late audio); a larger
+  one is dropped after a second; replies generated faster than real time (their backlog grows or drains) are never
+  touched;
 - the last part of a reply that does not fill a frame is padded with silence and played once it has waited a
   period with nothing after it.
 """
@@ -36,6 +38,7 @@ TRIM_AFTER_TICKS: Final = 50
 STEADY_SPREAD: Final = 2
 DRAIN_AFTER_TICKS: Final = 3
 DRAIN_MAX_FRAMES: Final = 10
+HICCUP_TICKS: Final = 3
 
 
 class PacerState(NamedTuple):
@@ -47,6 +50,7 @@ class PacerState(NamedTuple):
     backlog_ticks: int
     backlog_min: int
     backlog_max: int
+    hiccup: int
 
 
 def _not_started(when: float, callback: Callable[[], None]) -> _Cancellable:
@@ -64,6 +68,7 @@ class Pacer:
         "_earliest",
         "_grace",
         "_handle",
+        "_hiccup",
         "_loop",
         "_next",
         "_on_drop",
@@ -113,6 +118,7 @@ class Pacer:
         self._backlog_ticks = 0
         self._backlog_min = self._backlog_max = 0
         self._draining = False  # a small steady backlog: slots come max_slew early until it is gone
+        self._hiccup = 0  # slots after a late slot of ours or a silence frame for late audio: drain at once
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -139,6 +145,7 @@ class Pacer:
             self._backlog_ticks,
             self._backlog_min,
             self._backlog_max,
+            self._hiccup,
         )
 
     @property
@@ -170,6 +177,7 @@ class Pacer:
         if item is None:
             self._send(self._silence, None)
             self._talking = False
+            self._hiccup = 0
         else:
             self._send(item[0], self._loop.time() - item[1])
             self._talking = True
@@ -191,13 +199,21 @@ class Pacer:
         default 5 ms, 1 frame takes 4 slots, 10 frames 40); more than that after ``TRIM_AFTER_TICKS`` slots, by
         dropping it. Three slots, because a stream delivered in chunks of 40 or 60 ms leaves a backlog that never
         lasts three. Ten frames, because draining them is quicker than the second a trim waits, and loses nothing.
+        Within ``HICCUP_TICKS`` slots of a hiccup (a slot fired more than 5 ms late, or a silence frame for late
+        audio), a backlog needs no three slots of proof: the hiccup is what made it, and each slot of waiting keeps
+        every frame of the stream a period late.
         """
+        hiccup = self._hiccup > 0
+        if hiccup:
+            self._hiccup -= 1
         if backlog == 0:
             self._backlog_ticks = 0
             self._draining = False
             return
         if self._backlog_ticks == 0:
             self._backlog_min = self._backlog_max = backlog
+            if hiccup:  # a backlog left by a hiccup needs no proof that it is steady
+                self._backlog_ticks = DRAIN_AFTER_TICKS - 1
         else:
             self._backlog_min = min(self._backlog_min, backlog)
             self._backlog_max = max(self._backlog_max, backlog)
@@ -205,6 +221,7 @@ class Pacer:
         if self._backlog_max - self._backlog_min > STEADY_SPREAD:
             self._backlog_ticks = 0
             self._draining = False
+            self._hiccup = 0
         elif self._backlog_max <= DRAIN_MAX_FRAMES:
             self._draining = self._backlog_ticks >= DRAIN_AFTER_TICKS
         elif self._backlog_ticks >= TRIM_AFTER_TICKS:
@@ -223,6 +240,7 @@ class Pacer:
             self._grace = False
             self._send(self._silence, None)
             self._talking = False
+            self._hiccup = HICCUP_TICKS
             self._earliest = now + self.period - self.max_slew
             self._next = max(slot - self.grace + self.period, self._earliest)
             self._handle = self._call_at(self._next, self._tick)
@@ -232,8 +250,10 @@ class Pacer:
             # the end of a reply that does not fill a whole frame: pad it rather than hold it until the next reply
             buffer.flush_partial(buffer.partial_since)
         lateness = now - slot
-        if lateness > LATE_AFTER and self._on_late:
-            self._on_late()
+        if lateness > LATE_AFTER:
+            self._hiccup = HICCUP_TICKS
+            if self._on_late:
+                self._on_late()
         if not buffer and self._talking and self.grace > 0:
             self._grace = True
             # the grace is the provider's: a slot this loop was itself late for waits the whole grace from now

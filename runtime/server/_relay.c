@@ -47,6 +47,7 @@
 #define TRIM_AFTER_TICKS 50
 #define STEADY_SPREAD 2
 #define DRAIN_AFTER_TICKS 3
+#define HICCUP_TICKS 3
 #define DRAIN_MAX_FRAMES 10
 #define MAX_EVENTS 256
 #define OPUS_MAX_PACKET (1275 * 3) /* audio/opus.py MAX_PACKET */
@@ -111,6 +112,7 @@ typedef struct Relay {
     double next, earliest;
     int talking, grace, draining;
     int backlog_ticks, backlog_min, backlog_max;
+    int hiccup; /* slots after a late slot of ours or a silence frame for late audio: drain at once */
     /* the caller's leg */
     int caller;
     size_t caller_max; /* stream leg: the largest message (server/stream.py MAX_MESSAGE) */
@@ -358,6 +360,8 @@ static void pacer_send(Relay *r, const uint8_t *pcm, double waited) {
 }
 
 static void pacer_watch_backlog(Relay *r, int backlog) {
+    int hiccup = r->hiccup > 0;
+    if (hiccup) r->hiccup--;
     if (backlog == 0) {
         r->backlog_ticks = 0;
         r->draining = 0;
@@ -365,6 +369,7 @@ static void pacer_watch_backlog(Relay *r, int backlog) {
     }
     if (r->backlog_ticks == 0) {
         r->backlog_min = r->backlog_max = backlog;
+        if (hiccup) r->backlog_ticks = DRAIN_AFTER_TICKS - 1; /* a hiccup's backlog needs no proof it is steady */
     } else {
         if (backlog < r->backlog_min) r->backlog_min = backlog;
         if (backlog > r->backlog_max) r->backlog_max = backlog;
@@ -373,6 +378,7 @@ static void pacer_watch_backlog(Relay *r, int backlog) {
     if (r->backlog_max - r->backlog_min > STEADY_SPREAD) {
         r->backlog_ticks = 0;
         r->draining = 0;
+        r->hiccup = 0;
     } else if (r->backlog_max <= DRAIN_MAX_FRAMES) {
         r->draining = r->backlog_ticks >= DRAIN_AFTER_TICKS;
     } else if (r->backlog_ticks >= TRIM_AFTER_TICKS) {
@@ -386,6 +392,7 @@ static void pacer_emit(Relay *r, double anchor, double now) {
     if (r->count == 0) {
         pacer_send(r, NULL, 0.0);
         r->talking = 0;
+        r->hiccup = 0;
     } else {
         int slot = r->head;
         double waited = now - r->arrived[slot];
@@ -405,6 +412,7 @@ static void pacer_tick(Relay *r, double now) {
         r->grace = 0;
         pacer_send(r, NULL, 0.0);
         r->talking = 0;
+        r->hiccup = HICCUP_TICKS;
         r->earliest = now + r->period - r->max_slew;
         double next = slot - r->grace_window + r->period;
         r->next = next > r->earliest ? next : r->earliest;
@@ -413,7 +421,10 @@ static void pacer_tick(Relay *r, double now) {
     if (r->count == 0 && r->partial_len && now - r->partial_since >= r->period)
         r->engine->dropped_overflow += (unsigned long long)playout_flush_partial(r, r->partial_since);
     double lateness = now - slot;
-    if (lateness > LATE_AFTER) r->engine->late++;
+    if (lateness > LATE_AFTER) {
+        r->engine->late++;
+        r->hiccup = HICCUP_TICKS;
+    }
     if (r->count == 0 && r->talking && r->grace_window > 0) {
         r->grace = 1;
         r->next = (lateness > LATE_AFTER ? now : slot) + r->grace_window; /* our own stall is not the provider's */
@@ -814,19 +825,19 @@ static int side_init(Engine *e, Relay *r, int which, int fd, PyObject *protocol,
 static PyObject *Engine_add(Engine *e, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"as_fd",   "ws_fd",         "as_protocol", "ws_protocol", "next_slot",   "earliest",
                              "capacity", "drop_newest",  "period",      "margin",      "max_slew",    "talking",
-                             "grace",    "draining",     "backlog_ticks", "backlog_min", "backlog_max", "grace_window",
+                             "grace",    "draining",     "backlog_ticks", "backlog_min", "backlog_max", "hiccup", "grace_window",
                              "opus",     "silent_frames", "silence_packet", "out_cap",   "max_message", NULL};
     int as_fd, ws_fd, capacity, drop_newest, talking = 0, grace = 0, draining = 0;
-    int backlog_ticks = 0, backlog_min = 0, backlog_max = 0, silent_frames = 0;
+    int backlog_ticks = 0, backlog_min = 0, backlog_max = 0, hiccup = 0, silent_frames = 0;
     PyObject *as_proto, *ws_proto, *opus = Py_None;
     Py_buffer silence = {0};
     Py_ssize_t out_cap = OUT_CAP, max_message = 64 * 1024;
     unsigned long long enc_fn = 0, enc = 0, dec_fn = 0, dec = 0;
     double next, earliest, period, margin, max_slew, grace_window = -1.0; /* < 0: the margin, as Pacer's default */
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOOddipddd|pppiiid$Oiy*nn", kwlist, &as_fd, &ws_fd, &as_proto,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOOddipddd|pppiiiid$Oiy*nn", kwlist, &as_fd, &ws_fd, &as_proto,
                                      &ws_proto, &next, &earliest, &capacity, &drop_newest, &period, &margin, &max_slew,
                                      &talking, &grace, &draining, &backlog_ticks, &backlog_min, &backlog_max,
-                                     &grace_window, &opus, &silent_frames, &silence, &out_cap, &max_message))
+                                     &hiccup, &grace_window, &opus, &silent_frames, &silence, &out_cap, &max_message))
         return NULL;
     PyObject *owner = NULL;
     int bad_opus = opus != Py_None &&
@@ -869,6 +880,7 @@ static PyObject *Engine_add(Engine *e, PyObject *args, PyObject *kwds) {
     r->backlog_ticks = backlog_ticks;
     r->backlog_min = backlog_min;
     r->backlog_max = backlog_max;
+    r->hiccup = hiccup;
     r->pacing = 1;
     if (opus != Py_None) {
         r->caller = CALLER_OPUS_STREAM;

@@ -48,6 +48,7 @@ class Engine:
         backlog_ticks: int = 0,
         backlog_min: int = 0,
         backlog_max: int = 0,
+        hiccup: int = 0,
         grace_window: float = -1.0,
         opus: tuple[object, int, int, int, int] | None = None,
         silent_frames: int = 0,

@@ -179,6 +179,7 @@ class Relays:
                 backlog_ticks=state.backlog_ticks,
                 backlog_min=state.backlog_min,
                 backlog_max=state.backlog_max,
+                hiccup=state.hiccup,
                 **leg.relay_options(),
             )
         except OSError:

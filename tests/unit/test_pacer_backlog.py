@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 from avr_runtime.audio.buffer import PlayoutBuffer
 from avr_runtime.audio.pacer import DRAIN_MAX_FRAMES, TRIM_AFTER_TICKS, Pacer
@@ -126,3 +127,42 @@ async def test_one_late_frame_is_drained_by_slewing_without_dropping_anything() 
     assert min(gaps) >= PERIOD - pacer.max_slew - 0.001
     assert max(waits[-20:]) < 0.012, "still a period behind at the end"
     assert max(waits[:5]) > 0.015, "the late frame did make the stream wait"
+
+
+async def live_stream(late: float = 0.0, stall: float = 0.0) -> dict[bytes, float]:
+    """40 frames arriving in real time, 7 ms before their slots once the pacer has locked on; frame 15 arrives
+    ``late`` seconds later than that, or the event loop blocks for ``stall`` seconds 2 ms after frame 15's slot.
+    Returns when each frame was played (all of them, in order, nothing dropped)."""
+    loop = asyncio.get_running_loop()
+    run = Run()
+    played: list[tuple[bytes, float]] = []
+    run.pacer._send = lambda f, _w: played.append((f, loop.time()))
+    run.pacer.start()
+    start = loop.time() + 0.05
+    n = 40
+    for i in range(n):
+        loop.call_at(start + i * PERIOD + 0.007 + (late if i == 15 else 0.0), run.push, frame(i))
+    if stall:
+        loop.call_at(start + 15 * PERIOD + 0.009, time.sleep, stall)
+    await asyncio.sleep(n * PERIOD + 0.2)
+    run.pacer.stop()
+    assert not run.dropped
+    assert [f for f, _ in played if any(f)] == [frame(i) for i in range(n)], "every frame played, in order"
+    return {f: t for f, t in played if any(f)}
+
+
+async def test_a_backlog_left_by_a_stall_of_the_loop_is_drained_from_the_next_slot() -> None:
+    """The event loop blocked for 50 ms: the frames that arrived meanwhile are a backlog the stall made, so the
+    pacer drains it from the next slot (each one ``max_slew`` early) instead of first waiting three slots to see
+    that it is steady."""
+    played = await live_stream(stall=0.05)
+    # without the rule, 16 -> 17 -> 18 take two whole periods before the draining starts
+    assert played[frame(18)] - played[frame(16)] < 2 * PERIOD - 0.005, "the backlog had to prove itself first"
+
+
+async def test_a_backlog_behind_a_silence_frame_for_late_audio_is_drained_from_the_next_slot() -> None:
+    """Frame 15 arrives 16 ms late, past the margin and the grace (4 ms each): its slot played silence, so the stream
+    is a frame behind from then on, and the pacer starts catching up at once."""
+    played = await live_stream(late=0.016)
+    # without the rule, 15 -> 16 -> 17 take two whole periods before the draining starts
+    assert played[frame(17)] - played[frame(15)] < 2 * PERIOD - 0.005, "the backlog had to prove itself first"

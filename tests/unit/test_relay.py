@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import errno
+import functools
 import itertools
 import os
 import random
@@ -106,6 +107,7 @@ async def make_rig(request: pytest.FixtureRequest) -> AsyncIterator[MakeRig]:
         drop_newest: bool = False,
         margin: float = MARGIN,
         grace_window: float = -1.0,
+        max_slew: float = MAX_SLEW,
         max_message: int = MAX_MESSAGE,
         ws_bufsize: int = 0,
     ) -> Rig:
@@ -128,7 +130,7 @@ async def make_rig(request: pytest.FixtureRequest) -> AsyncIterator[MakeRig]:
             drop_newest=drop_newest,
             period=PERIOD,
             margin=margin,
-            max_slew=MAX_SLEW,
+            max_slew=max_slew,
             grace_window=grace_window,
         )
         rig = Rig(engine, relay, asterisk, provider, as_proto, ws_proto)
@@ -748,6 +750,45 @@ async def test_one_late_frame_is_drained_by_slewing_without_dropping_anything(ma
     waits = [t - pushed[f.payload] for f, t in arrivals if f.payload in pushed]
     assert max(waits[-20:]) < 0.012, "still a period behind at the end"
     assert max(waits[:5]) > 0.015, "the late frame did make the stream wait"
+
+
+async def live_stream(rig: Rig, late: float = 0.0, stall: float = 0.0) -> dict[bytes, float]:
+    """As tests/unit/test_pacer_backlog.py: 40 frames in real time, frame 15 ``late`` seconds late or the event loop
+    (which runs the engine) blocked for ``stall`` seconds near frame 15's slot. When each frame reached the caller."""
+    start = time.monotonic() + 0.05
+    n = 40
+    events: list[tuple[float, Callable[[], object]]] = [
+        (start + i * PERIOD + (late if i == 15 else 0.0), functools.partial(rig.relay.push, frame_n(i)))
+        for i in range(n)
+    ]
+    if stall:
+        events.append((start + 15 * PERIOD + 0.002, functools.partial(time.sleep, stall)))
+    for at, action in sorted(events, key=lambda e: e[0]):
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        action()
+    assert await until(lambda: len(spoken(rig)) == n)
+    assert spoken(rig) == [frame_n(i) for i in range(n)], "every frame played, in order"
+    assert rig.take()["dropped_latency"] == 0
+    arrivals = zip(rig.asterisk.frames, rig.asterisk.arrivals, strict=True)
+    return {f.payload: t for f, t in arrivals if f.payload != SILENCE}
+
+
+async def test_a_backlog_left_by_a_stall_of_the_worker_is_drained_from_the_next_slot(make_rig: MakeRig) -> None:
+    """As pacer.py: the frames that arrived while the loop was blocked are a backlog the stall made, drained from
+    the next slot instead of after three slots of proof that it is steady."""
+    rig = await make_rig(max_slew=0.005, grace_window=0.008)
+    played = await live_stream(rig, stall=0.05)
+    assert played[frame_n(18)] - played[frame_n(16)] < 2 * PERIOD - 0.005, "the backlog had to prove itself first"
+
+
+async def test_a_backlog_behind_a_silence_frame_for_late_audio_is_drained_from_the_next_slot(
+    make_rig: MakeRig,
+) -> None:
+    """As pacer.py: frame 15 arrives 16 ms late, past the margin and the 8 ms grace, so its slot played silence and
+    the stream is a frame behind; the catching up starts at once."""
+    rig = await make_rig(max_slew=0.005, grace_window=0.008)
+    played = await live_stream(rig, late=0.016)
+    assert played[frame_n(17)] - played[frame_n(15)] < 2 * PERIOD - 0.005, "the backlog had to prove itself first"
 
 
 # --- the C playout buffer against audio/buffer.py ---
