@@ -7,9 +7,11 @@
  * the first 12 bytes of the payload, little-endian, then a quiet filler), the same probe before streaming, senders
  * due in the same millisecond sent together, a stalled sender restarting its grid, the same measurement window.
  *
- * Usage: pcm_calls HOST PORT CALLS FRAMES WARMUP_NS SECONDS_NS SERVER_SPEAKS_FIRST OUT
+ * Usage: pcm_calls HOST PORT CALLS FRAMES WARMUP_NS SECONDS_NS SERVER_SPEAKS_FIRST OUT [FRAMES_OUT]
  * stdout: "window START END" once the calls are connected and streaming is about to start (monotonic ns), then
  * "done FAILED LOST MEASURED SILENCE GAPS LATE RTTS LAGS". OUT gets the RTTs then the send lags, as int64 ns.
+ * FRAMES_OUT, if given, gets one record per echoed frame sent in the window, in arrival order: send time (ns since
+ * the window's start), RTT (ns) and call index, as three int64 (bench/episodes.py reads it).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -97,6 +99,8 @@ static void send_probe(Call *c) {
     send_frame(c, PROBE_SEQ, now_ns());
 }
 
+static FILE *frames_out;
+
 static void on_audio(Call *c, const uint8_t *p, int64_t now) {
     int in_window = win_start <= now && now <= win_end;
     if (in_window) {
@@ -120,6 +124,10 @@ static void on_audio(Call *c, const uint8_t *p, int64_t now) {
     }
     if (seq <= (uint32_t)frames) c->received[seq] = 1;
     if (win_start <= sent && sent <= win_end && nrtt < (size_t)(ncalls * frames)) rtts[nrtt++] = now - sent;
+    if (frames_out != NULL && win_start <= sent && sent <= win_end) {
+        int64_t record[3] = {sent - win_start, now - sent, c - calls};
+        fwrite(record, sizeof record, 1, frames_out);
+    }
 }
 
 static void close_call(Call *c) {
@@ -224,8 +232,13 @@ static void arm(int tfd, int64_t at) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 9) {
-        fprintf(stderr, "usage: %s HOST PORT CALLS FRAMES WARMUP_NS SECONDS_NS SERVER_SPEAKS_FIRST OUT\n", argv[0]);
+    if (argc != 9 && argc != 10) {
+        fprintf(stderr, "usage: %s HOST PORT CALLS FRAMES WARMUP_NS SECONDS_NS SERVER_SPEAKS_FIRST OUT [FRAMES_OUT]\n",
+                argv[0]);
+        return 2;
+    }
+    if (argc == 10 && (frames_out = fopen(argv[9], "wb")) == NULL) {
+        perror(argv[9]);
         return 2;
     }
     ncalls = atol(argv[3]);
@@ -339,6 +352,7 @@ int main(int argc, char **argv) {
         gaps += c->gaps;
         late += c->late;
     }
+    if (frames_out != NULL && fclose(frames_out) != 0) return 1;
     FILE *out = fopen(argv[8], "wb");
     if (out == NULL || fwrite(rtts, sizeof *rtts, nrtt, out) != nrtt || fwrite(lags, sizeof *lags, nlag, out) != nlag ||
         fclose(out) != 0)

@@ -659,7 +659,14 @@ def build_generator(workdir: Path) -> Path | None:
 
 
 async def pcm_load_native(
-    server: Server, load_pids: Sequence[int], n: int, warmup: float, seconds: float, *, exe: Path
+    server: Server,
+    load_pids: Sequence[int],
+    n: int,
+    warmup: float,
+    seconds: float,
+    *,
+    exe: Path,
+    frames_out: Path | None = None,
 ) -> PcmResult:
     """pcm_load with the calls placed by pcm_calls (a child process, so it inherits this process's core)."""
     idle = rss_bytes(server.proc.pid)
@@ -668,7 +675,11 @@ async def pcm_load_native(
         samples = Path(tmp) / "samples"
         args = [HOST, server.port, n, frames, int(warmup * 1e9), int(seconds * 1e9), int(server.http_port is not None)]
         proc = await asyncio.create_subprocess_exec(
-            str(exe), *map(str, args), str(samples), stdout=asyncio.subprocess.PIPE
+            str(exe),
+            *map(str, args),
+            str(samples),
+            *([str(frames_out)] if frames_out is not None else []),
+            stdout=asyncio.subprocess.PIPE,
         )
         assert proc.stdout is not None
         try:
@@ -916,6 +927,8 @@ class Bench:
     seconds: float
     fast_path: bool = True
     generator: Path | None = None  # the compiled pcm_calls; None: PcmCall in this process
+    frame_log: Path | None = None  # pcm_calls writes every measured frame's send time and RTT here
+    _priming: bool = False
     pcm: list[tuple[int, PcmResult, PcmResult]] = field(default_factory=list)
     opus: list[tuple[int, OpusResult]] = field(default_factory=list)
 
@@ -927,7 +940,9 @@ class Bench:
         """One priming call first, so idle RSS includes what the first call of a leg loads once (libraries,
         caches): RSS per call is then the marginal cost of a call."""
         try:
+            self._priming = True
             run_async(load(server, 1, 0.0, 0.5))
+            self._priming = False
             time.sleep(0.5)
             result = run_async(load(server, n, self.warmup, self.seconds))
             server.proc.check()
@@ -937,7 +952,12 @@ class Bench:
 
     def _pcm(self, server: Server, n: int, warmup: float, seconds: float) -> Awaitable[PcmResult]:
         if self.generator is not None:
-            return pcm_load_native(server, self.load_pids, n, warmup, seconds, exe=self.generator)
+            frames_out = None
+            if self.frame_log is not None and not self._priming:
+                frames_out = self.frame_log / f"{'worker' if server.http_port is not None else 'floor'}-{n}.frames"
+            return pcm_load_native(
+                server, self.load_pids, n, warmup, seconds, exe=self.generator, frames_out=frames_out
+            )
         return pcm_load(server, self.load_pids, n, warmup, seconds)
 
     def _opus(self, server: Server, n: int, warmup: float, seconds: float) -> Awaitable[OpusResult]:
@@ -1010,6 +1030,9 @@ def run_all(args: argparse.Namespace, workdir: Path) -> Bench:
     max_calls = max([*args.calls, *args.opus_calls, 1]) + 16
     bench = Bench(cores[0], cores[1], provider, sts_port, max_calls, args.warmup, args.seconds, args.fast_path == "on")
     bench.generator = generator
+    if args.frame_log is not None:
+        args.frame_log.mkdir(parents=True, exist_ok=True)
+        bench.frame_log = args.frame_log
     try:
         for n in args.calls:
             worker, floor = bench.pcm_worker(n), bench.pcm_floor(n)
@@ -1236,6 +1259,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the worker's REALTIME_PRIORITY (SCHED_FIFO for its event loop; floor and load side unchanged)",
     )
     parser.add_argument(
+        "--frame-log",
+        type=Path,
+        metavar="DIR",
+        help="write every measured PCM frame's send time and RTT to DIR/{worker,floor}-N.frames (bench/episodes.py)",
+    )
+    parser.add_argument(
         "--wait-quiet", type=float, default=0.0, help="wait up to this many seconds for a 1-min load average ≤ 0.5"
     )
     args = parser.parse_args(argv)
@@ -1243,6 +1272,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--seconds must be in (0, 120], --warmup in [0, 10], --wait-quiet in [0, 7200]")
     if not 0 <= args.realtime <= 99:
         parser.error("--realtime must be in [0, 99]")
+    if args.frame_log is not None and args.generator != "c":
+        parser.error("--frame-log needs --generator c")
     return args
 
 

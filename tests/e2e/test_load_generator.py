@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,15 @@ def generator(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return exe
 
 
-def run(exe: Path, port: int, calls: int, out: Path, *, seconds: float = 1.0) -> tuple[list[int], np.ndarray]:
+def run(
+    exe: Path, port: int, calls: int, out: Path, *, seconds: float = 1.0, frames_out: Path | None = None
+) -> tuple[list[int], np.ndarray]:
     """Run the generator to the end: its ``done`` figures and the RTTs (ns)."""
     warmup = 0.2
     frames = round((warmup + seconds) * 1e9 / PERIOD_NS)
     args = ["127.0.0.1", port, calls, frames, int(warmup * 1e9), int(seconds * 1e9), 1, out]
+    if frames_out is not None:
+        args.append(frames_out)
     proc = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=60, check=True)
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("window ")
@@ -74,3 +79,39 @@ def test_refused_calls_count_as_failed_and_their_frames_as_nothing(
     assert failed == 3, "three calls past MAX_CONCURRENT_CALLS get an error frame and a close"
     assert lost == 0, "a refused call has no frames to lose"
     assert 5 * 13 <= measured <= 5 * 17
+
+
+def test_the_frame_log_has_every_measured_frame_once(
+    generator: Path, provider: ProviderFactory, worker: WorkerFactory, tmp_path: Path
+) -> None:
+    """runtime_load.py --frame-log: what bench/episodes.py reads is the same RTTs the summary is made of."""
+    sts = provider("sts")
+    w = worker(STS_URL=sts_url(sts))
+    figures, rtts = run(generator, w.ports["audiosocket"], 10, tmp_path / "out", frames_out=tmp_path / "frames")
+    log = np.fromfile(tmp_path / "frames", dtype="<i8").reshape(-1, 3)
+    assert len(log) == figures[6] == len(rtts) > 0
+    assert np.array_equal(log[:, 1], rtts), "the same RTTs, in the same order"
+    assert np.all((log[:, 0] >= 0) & (log[:, 0] <= 1_000_000_000)), "sent in the window"
+    per_call = np.bincount(log[:, 2], minlength=10)
+    assert len(per_call) == 10 and per_call.min() >= 48, "every call, about 50 frames each"
+
+
+def test_episodes_finds_a_stall_that_hit_every_call_at_once(tmp_path: Path) -> None:
+    """500 calls at 6 ms RTT, all of them at 25 ms for frames sent in one 60 ms stretch."""
+    calls, frames = 500, 500
+    call = np.repeat(np.arange(calls), frames)
+    sent = np.tile(np.arange(frames) * 20.0, calls) + call * (20.0 / calls)
+    rtt = np.where((sent >= 3000) & (sent < 3060), 25.0, 6.0)
+    log = np.stack([(sent * 1e6).astype(np.int64), (rtt * 1e6).astype(np.int64), call], axis=1)
+    log.astype("<i8").tofile(tmp_path / "w.frames")
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "episodes.py"), str(tmp_path / "w.frames")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    over = int(np.sum(rtt > 10.5))
+    assert over == 1500
+    assert f"over 10.5 ms: {over} frames (0.60 %), in 1 episodes" in out
+    assert "outside them: p99 6.00 ms" in out
+    assert "3000 to 3060" in out
