@@ -928,7 +928,7 @@ class Bench:
     fast_path: bool = True
     generator: Path | None = None  # the compiled pcm_calls; None: PcmCall in this process
     frame_log: Path | None = None  # pcm_calls writes every measured frame's send time and RTT here
-    _priming: bool = False
+    _priming: bool = field(default=False, init=False)  # the call before each measurement: no frame log
     pcm: list[tuple[int, PcmResult, PcmResult]] = field(default_factory=list)
     opus: list[tuple[int, OpusResult]] = field(default_factory=list)
 

@@ -1,5 +1,6 @@
 /* What the two compiled data planes share (server/_relay.c for the worker, reference/_echo.c for the reference
- * provider): growable byte buffers, handing bytes to a Python protocol, and reading a WebSocket frame header.
+ * provider): growable byte buffers, a socket's queued output, handing bytes to a Python protocol, and reading a
+ * WebSocket frame header.
  * Header-only, so each extension module stays one translation unit. */
 #ifndef AVR_COMMON_H
 #define AVR_COMMON_H
@@ -44,6 +45,42 @@ static void buf_free(Buf *b) {
     PyMem_Free(b->data);
     b->data = NULL;
     b->len = b->cap = 0;
+}
+
+/* A non-blocking socket's output, in order: what cannot be sent now waits in ``out`` behind what already does. A
+ * failed send leaves its errno in ``*err``. Returns 1 when bytes were queued (the caller then watches EPOLLOUT). */
+static int out_write(int fd, Buf *out, int *err, const uint8_t *d, size_t n) {
+    if (out->len == 0) {
+        ssize_t r = send(fd, d, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (r == (ssize_t)n) return 0;
+        if (r < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                *err = errno;
+                return 0;
+            }
+            r = 0;
+        }
+        d += r;
+        n -= (size_t)r;
+    }
+    if (buf_append(out, d, n) < 0) {
+        *err = ENOMEM;
+        return 0;
+    }
+    return 1;
+}
+
+/* Send what waits in ``out`` until it is empty, the socket is full, or a send fails (its errno in ``*err``). */
+static void out_flush(int fd, Buf *out, int *err) {
+    while (out->len) {
+        ssize_t r = send(fd, out->data, out->len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK) *err = errno;
+            return;
+        }
+        buf_consume(out, (size_t)r);
+    }
 }
 
 /* protocol.data_received(bytes): how the bytes the engine does not handle reach the Python protocol object. */

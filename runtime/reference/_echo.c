@@ -74,37 +74,11 @@ static void conn_close_fd(Conn *c) {
 }
 
 static void conn_write(Conn *c, const uint8_t *d, size_t n) {
-    if (c->fd < 0 || c->err) return;
-    if (c->out.len == 0) {
-        ssize_t r = send(c->fd, d, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (r == (ssize_t)n) return;
-        if (r < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                c->err = errno;
-                return;
-            }
-            r = 0;
-        }
-        d += r;
-        n -= (size_t)r;
-    }
-    if (buf_append(&c->out, d, n) < 0) {
-        c->err = ENOMEM;
-        return;
-    }
-    conn_set_events(c);
+    if (c->fd >= 0 && !c->err && out_write(c->fd, &c->out, &c->err, d, n)) conn_set_events(c);
 }
 
 static void conn_flush(Conn *c) {
-    while (c->fd >= 0 && c->out.len) {
-        ssize_t r = send(c->fd, c->out.data, c->out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK) c->err = errno;
-            break;
-        }
-        buf_consume(&c->out, (size_t)r);
-    }
+    if (c->fd >= 0) out_flush(c->fd, &c->out, &c->err);
     conn_set_events(c);
 }
 

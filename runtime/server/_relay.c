@@ -182,40 +182,15 @@ static void side_close_fd(Side *s) {
  * is closed or failed (its end is reported as the connection's). */
 static int side_write(Side *s, const uint8_t *d, size_t n, int droppable) {
     if (s->fd < 0 || s->err) return 0;
-    if (s->out.len == 0) {
-        ssize_t r = send(s->fd, d, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (r == (ssize_t)n) return 0;
-        if (r < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                s->err = errno;
-                return 0;
-            }
-            r = 0;
-        }
-        d += r;
-        n -= (size_t)r;
-    } else if (droppable && s->out.len + n > s->cap) {
-        return 1;
-    }
-    if (buf_append(&s->out, d, n) < 0) {
-        s->err = ENOMEM;
-        return 0;
-    }
-    side_set_events(s, EPOLLIN | EPOLLOUT);
+    if (droppable && s->out.len && s->out.len + n > s->cap) return 1;
+    if (out_write(s->fd, &s->out, &s->err, d, n)) side_set_events(s, EPOLLIN | EPOLLOUT);
     return 0;
 }
 
 static void side_flush(Side *s) {
-    while (s->fd >= 0 && s->out.len) {
-        ssize_t r = send(s->fd, s->out.data, s->out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK) s->err = errno;
-            return;
-        }
-        buf_consume(&s->out, (size_t)r);
-    }
-    if (s->fd >= 0 && s->out.len == 0) side_set_events(s, EPOLLIN);
+    if (s->fd < 0) return;
+    out_flush(s->fd, &s->out, &s->err);
+    if (s->out.len == 0) side_set_events(s, EPOLLIN);
 }
 
 /* ---------------------------------------------------------------- playout buffer (audio/buffer.py) */
