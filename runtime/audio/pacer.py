@@ -53,6 +53,10 @@ class PacerState(NamedTuple):
     hiccup: int
 
 
+def _discard(frame: bytes, waited: float | None) -> None:
+    """The sender of a closed pacer."""
+
+
 def _not_started(when: float, callback: Callable[[], None]) -> _Cancellable:
     raise RuntimeError("the pacer is not started")
 
@@ -130,6 +134,11 @@ class Pacer:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+    def close(self) -> None:
+        """Stop for good and forget the sender, which usually refers back to the pacer's owner."""
+        self.stop()
+        self._send = _discard
 
     def snapshot(self) -> PacerState | None:
         """Everything another pacer needs to carry on this one's grid without a gap or a burst (None when

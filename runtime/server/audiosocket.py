@@ -126,6 +126,7 @@ class AudioSocketConnection(asyncio.Protocol):
             self._slin = self._format_known and self.law is None
             self._relay_wanted = self.ctx.relays is not None and isinstance(self.call.session, StsSession)
             self.task = asyncio.ensure_future(self.call.run())
+            self.task.add_done_callback(self._call_over)
         elif kind is Kind.DTMF:
             if call is None:
                 raise ProtocolError("dtmf_before_uuid", "DTMF received before the call identifier")
@@ -181,6 +182,11 @@ class AudioSocketConnection(asyncio.Protocol):
             self.call.end("disconnected")
         else:
             self._release()
+        self.transport = None  # a relayed call's transport refers back to this protocol
+
+    def _call_over(self, task: asyncio.Task[str]) -> None:
+        """The call refers to this leg: forget it once it has ended, so neither keeps the other alive."""
+        self.call = None
 
     # --- the C relay (server/relay.py) ---
 

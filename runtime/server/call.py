@@ -215,4 +215,14 @@ class Call:
                 },
             )
             ctx.emit(self.uuid, "call_ended", {"reason": reason, "duration": round(duration, 3)})
+            self._let_go()
         return reason
+
+    def _let_go(self) -> None:
+        """Break the references between the call's parts once it is over (the session's listener is this call,
+        the relay's protocols are its connections), so reference counting frees them at once: left to the cyclic
+        collector, every ended call's objects would reach its oldest generation, whose full collections stall
+        the event loop in proportion to it."""
+        self.pacer.close()
+        self.session = None
+        self._relay = None

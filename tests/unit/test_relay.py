@@ -12,6 +12,7 @@ import base64
 import contextlib
 import errno
 import functools
+import gc
 import itertools
 import os
 import random
@@ -22,6 +23,7 @@ import statistics
 import struct
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -1085,3 +1087,57 @@ async def test_a_handover_that_fails_leaves_the_call_working_in_python(in_proces
     await asyncio.wait_for(collecting, 5)
     assert caller.closed and caller.frames[-1].kind is wire.Kind.HANGUP
     caller.writer.close()
+
+
+async def test_a_relayed_call_is_freed_once_it_has_ended(in_process: InProcess) -> None:
+    """The relay, its two transports and the call's objects form cycles through the C type: the collector must be
+    able to see and free them, or a pod that lives for weeks grows by every call it has relayed."""
+    ip = in_process
+    live = await live_call(ip)
+    assert ip.relays.take_over(live.leg, live.conn, live.call)
+    refs = [weakref.ref(o) for o in (live.leg, live.call, live.conn, live.leg.transport, live.conn.transport)]
+    await speak(live.caller, [pcm(FRAME, seed=i) for i in range(3)])
+    live.caller.writer.write(wire.HANGUP_FRAME)
+    task = live.leg.task
+    assert task is not None
+    assert await asyncio.wait_for(task, 5) == "hangup"
+    await asyncio.wait_for(live.collecting, 5)
+    assert await until(lambda: ip.relays.active == 0)
+    live.caller.writer.close()
+    await asyncio.sleep(0.05)  # the engine's and the loop's callbacks for the closed sockets
+    ip.legs.clear()
+    del live, task
+    gc.collect()
+    alive = [type(r()).__name__ for r in refs if r() is not None]
+    assert alive == [], f"still alive after the call ended: {alive}"
+
+
+def test_an_engine_nobody_refers_to_is_collected_with_its_relays_and_their_sockets() -> None:
+    """A cycle through both C types (engine → relay → protocol → engine) is one the collector can see and break."""
+    engine = Engine(BOUNDS, MAX_MESSAGE)
+    a_mine, a_remote = tcp_pair()
+    w_mine, w_remote = tcp_pair()
+    now = time.monotonic()
+    as_proto, ws_proto = Recorder(), Recorder()
+    relay = engine.add(
+        a_mine.detach(),
+        w_mine.detach(),
+        as_proto,
+        cast(Any, ws_proto),
+        next_slot=now,
+        earliest=now,
+        capacity=10,
+        drop_newest=False,
+        period=PERIOD,
+        margin=MARGIN,
+        max_slew=MAX_SLEW,
+    )
+    cast(Any, as_proto).keep = (engine, relay)  # as a leg keeps its transport, which keeps the relay
+    refs = [weakref.ref(relay), weakref.ref(as_proto), weakref.ref(ws_proto)]
+    del engine, relay, as_proto, ws_proto
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
+    for remote in (a_remote, w_remote):  # the relay's sockets were closed when it was freed
+        remote.settimeout(1)
+        assert remote.recv(1) == b""
+        remote.close()

@@ -135,3 +135,4 @@ class StsSession(ProviderSession):
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
+            self._conn = None  # the connection's message callback is this session's: do not keep each other
