@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Protocol
 
 from avr_runtime.audio import pcm
@@ -40,6 +41,11 @@ _out_audio = metrics.FRAMES_OUT_AUDIO.inc
 _out_silence = metrics.FRAMES_OUT_SILENCE.inc
 
 
+#: Every Call object still in memory, for ``avr_call_objects``: a leak shows as this outgrowing the live calls.
+_objects: weakref.WeakSet[Call] = weakref.WeakSet()
+metrics.CALL_OBJECTS.set_function(lambda: len(_objects))
+
+
 class Call:
     def __init__(self, ctx: WorkerContext, call_uuid: str, leg: Leg, leg_name: str, source: str) -> None:
         self.ctx = ctx
@@ -47,6 +53,7 @@ class Call:
         self.leg = leg
         self.leg_name = leg_name
         self.source = source
+        _objects.add(self)
         self.metadata: dict[str, Any] = ctx.metadata.pop(call_uuid, {})
         s = ctx.settings
         self.playout = PlayoutBuffer(

@@ -86,6 +86,7 @@ class WorkerContext:
             ctx.webhooks = WebhookSender(settings.webhook_url, secret, settings.webhook_timeout, settings.webhook_retry)
             ctx.webhooks.start()
         ctx.idle.set()
+        metrics.CALL_CAPACITY.set(settings.max_concurrent_calls)
         ctx.update_readiness()
         return ctx
 
@@ -114,8 +115,13 @@ class WorkerContext:
         return not self.draining and not self.slots.full
 
     def update_readiness(self) -> None:
+        """Called whenever a call takes or frees a slot: the gauges the Service and the autoscaler act on."""
+        slots = self.slots
         metrics.READY.set(1 if self.ready else 0)
-        metrics.ACTIVE_CALLS.set(self.slots.active)
+        metrics.ACTIVE_CALLS.set(slots.active)
+        # Calls beyond the cap are refused, never queued: every call in the system holds a slot.
+        metrics.QUEUE_LENGTH.set(slots.active)
+        metrics.CALL_UTILIZATION.set(min(1.0, slots.active / slots.capacity))
 
     def sync_metrics(self) -> None:
         if self.relays is not None:

@@ -21,8 +21,20 @@ _REQ_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 ACTIVE_CALLS: Final = Gauge("avr_active_calls", "Calls in progress on this worker (AudioSocket and stream legs).")
 QUEUE_LENGTH: Final = Gauge(
     "avr_queue_length",
-    "Units of work waiting right now: calls accepted but still waiting for their provider connection, plus "
-    "provider requests waiting for a free pooled connection. The autoscaling signal.",
+    "Calls in the system on this worker: in progress (those still connecting to their provider included) plus "
+    "any waiting to be admitted. The autoscaling signal: its average per pod against avr_call_capacity.",
+)
+CALL_CAPACITY: Final = Gauge("avr_call_capacity", "Calls this worker accepts at once (MAX_CONCURRENT_CALLS).")
+CALL_UTILIZATION: Final = Gauge("avr_call_utilization", "avr_queue_length / avr_call_capacity, 0 to 1.")
+PROVIDER_WAITING: Final = Gauge(
+    "avr_provider_waiting",
+    "Work waiting for a provider: calls whose provider connection is being made, plus provider requests waiting "
+    "for a free pooled connection. High while avr_queue_length is low means slow providers, not too few pods.",
+)
+CALL_OBJECTS: Final = Gauge(
+    "avr_call_objects",
+    "Call objects in the worker's memory, ended ones not yet freed included. Above avr_active_calls for long "
+    "means ended calls are not being freed.",
 )
 READY: Final = Gauge("avr_ready", "1 when the worker accepts new calls (not draining, below capacity).")
 DRAINING: Final = Gauge("avr_draining", "1 after SIGTERM while live calls finish.")
@@ -122,9 +134,9 @@ DROPPED_BACKPRESSURE: Final = FRAMES_DROPPED.labels("backpressure")
 
 @contextmanager
 def queued() -> Iterator[None]:
-    """Count a unit of work in ``avr_queue_length`` while it waits."""
-    QUEUE_LENGTH.inc()
+    """Count a unit of work in ``avr_provider_waiting`` while it waits for a provider."""
+    PROVIDER_WAITING.inc()
     try:
         yield
     finally:
-        QUEUE_LENGTH.dec()
+        PROVIDER_WAITING.dec()

@@ -1,7 +1,7 @@
 """Pooled provider connections with timeouts and retries (exponential backoff, full jitter).
 
 One ``HttpPool`` per provider: request/response providers (LLM, TTS) share at most ``size`` keep-alive connections,
-and requests beyond that wait in ``avr_queue_length``; per-call streams (ASR, STS) get a connection each.
+and requests beyond that wait in ``avr_provider_waiting``; per-call streams (ASR, STS) get a connection each.
 """
 
 from __future__ import annotations

@@ -112,3 +112,25 @@ async def test_drain_timeout_ends_calls_that_outlive_it(
     assert time.monotonic() - started < 5.0
     assert await asyncio.to_thread(w.popen.wait, 10) == 0
     assert "1 ended at the deadline" in w.log
+
+
+async def test_the_autoscaling_signal_counts_the_calls_in_the_system_and_ended_calls_are_freed(
+    provider: ProviderFactory, worker: WorkerFactory, speech: bytes
+) -> None:
+    sts = provider("sts")
+    w = worker(sts_url=sts_url(sts), max_concurrent_calls=4)
+    port = w.ports["audiosocket"]
+    assert w.metric("avr_call_capacity") == 4
+    assert w.metric("avr_queue_length") == 0
+    calls = [asyncio.create_task(place_call("127.0.0.1", port, speech)) for _ in range(3)]
+    await asyncio.sleep(0.5)
+    assert w.metric("avr_queue_length") == 3, "three calls in progress, whether or not any of them waits"
+    assert w.metric("avr_call_utilization") == 0.75
+    assert w.metric("avr_provider_waiting") == 0, "the provider answers at once: nothing waits for it"
+    assert w.metric("avr_call_objects") == 3
+    results = await asyncio.gather(*calls)
+    assert all(r.hangup for r in results)
+    await asyncio.sleep(0.3)
+    assert w.metric("avr_queue_length") == 0
+    assert w.metric("avr_call_utilization") == 0
+    assert w.metric("avr_call_objects") == 0, "ended calls are freed, not left for the collector"
