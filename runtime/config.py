@@ -104,10 +104,17 @@ class Settings(BaseSettings):
     # cache, limits
     cache_max_size: int = Field(1000, ge=0)
     cache_ttl: int = Field(3600, ge=1, description="Seconds.")
-    rate_limit: int = Field(100, ge=1)
+    rate_limit: int = Field(100, ge=1, description="New calls per RATE_WINDOW per caller (the /call 'from').")
     rate_window: int = Field(60, ge=1, description="Seconds.")
+    source_rate_limit: int = Field(
+        3000, ge=1, description="New calls, and HTTP API requests, per RATE_WINDOW per source address (a PBX)."
+    )
     max_concurrent_calls: int = Field(500, ge=1)
     call_metadata_ttl: int = Field(300, ge=1, description="Seconds a POST /call payload waits for its call.")
+    peer_service: str | None = Field(
+        None, description="DNS name of the other worker pods (a headless Service), asked for metadata a call lacks."
+    )
+    peer_timeout_ms: int = Field(300, ge=1, le=10_000, description="How long a call waits for its peers' answer.")
 
     # logging
     log_level: LogLevel = LogLevel.INFO
@@ -149,6 +156,12 @@ class Settings(BaseSettings):
             raise ValueError("set either STS_URL or ASR_URL+LLM_URL+TTS_URL, not both")
         if any(chain) and not all(chain):
             raise ValueError("the HTTP chain needs all of ASR_URL, LLM_URL and TTS_URL")
+        return self
+
+    @model_validator(mode="after")
+    def _rotation_needs_a_file(self) -> Self:
+        if "log_rotation" in self.model_fields_set and not self.log_file:
+            raise ValueError("LOG_ROTATION rotates LOG_FILE: set LOG_FILE too (without it logs go to stdout)")
         return self
 
     @property

@@ -54,7 +54,8 @@ class Call:
         self.leg_name = leg_name
         self.source = source
         _objects.add(self)
-        self.metadata: dict[str, Any] = ctx.metadata.pop(call_uuid, {})
+        self._info = ctx.directory.take_local(call_uuid)  # else asked of the peers when the call runs
+        self.metadata: dict[str, Any] = self._info.payload if self._info is not None else {}
         s = ctx.settings
         self.playout = PlayoutBuffer(
             pcm.SLIN8_FRAME_BYTES, max(1, s.playout_max_ms // pcm.FRAME_MS), s.playout_overflow
@@ -71,7 +72,7 @@ class Call:
             clock=ctx.clock,
         )
         # created now, so caller audio that arrives while the provider connects is queued, not lost
-        self.session: ProviderSession | None = ctx.new_session(call_uuid, self, self.metadata)
+        self.session: ProviderSession | None = ctx.new_session(call_uuid, self, self._info)
         self._ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._started = time.monotonic()
         self._frames_in = 0
@@ -174,17 +175,59 @@ class Call:
             return "provider_unavailable"
         return None
 
+    async def _find_info(self) -> None:
+        """The call's /call metadata from the peer pod that holds it, unless the caller leaves first."""
+        lookup = asyncio.ensure_future(self.ctx.directory.take(self.uuid))
+        waiting: set[asyncio.Future[Any]] = {lookup, self._ended}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not lookup.done():
+            lookup.cancel()
+            return
+        info = lookup.result()
+        if info is not None:
+            self._info, self.metadata = info, info.payload
+            if self.session is not None:
+                self.session.set_call_info(self.ctx.sts_url_for(info), info.payload)
+
+    def _caller_limited(self) -> bool:
+        """RATE_LIMIT applies per caller (the /call payload's ``from``): one PBX carries every caller's calls from
+        one address, which only SOURCE_RATE_LIMIT bounds. A call with no caller id is not limited per caller."""
+        caller = self.metadata.get("from")
+        if caller is None or caller == "":
+            return False
+        if self.ctx.caller_limiter.hit(str(caller)) is None:
+            return False
+        metrics.RATE_LIMITED.labels("caller").inc()
+        metrics.CALLS_REFUSED.labels("rate_limited").inc()
+        log.warning("call %s from caller %s refused: rate_limited", self.uuid, caller, extra={"uuid": self.uuid})
+        return True
+
+    async def _refuse(self, reason: str, code: ErrorCode) -> str:
+        """End a call that never started (no provider session was opened)."""
+        self.pacer.stop()
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                await self.session.close()
+        self.leg.hang_up(reason, code)
+        self.ctx.remove_call(self)
+        self._let_go()
+        return reason
+
     async def run(self) -> str:
         """Connect the provider, play until the call ends; returns the reason it ended."""
         ctx = self.ctx
         ctx.add_call(self)
+        self.pacer.start()  # the caller hears silence while its metadata is looked up
+        if self._info is None and ctx.directory.has_peers:
+            await self._find_info()
+        if self._caller_limited():
+            return await self._refuse("rate_limited", ErrorCode.RATE_LIMITED)
         metrics.CALLS_STARTED.labels(self.leg_name).inc()
         log.info(
             "call started",
             extra={"uuid": self.uuid, "leg": self.leg_name, "source": self.source, "mode": ctx.settings.mode},
         )
         ctx.emit(self.uuid, "call_started", {"leg": self.leg_name, **self.metadata})
-        self.pacer.start()
         reason = "cancelled"
         failed = False
         try:

@@ -47,7 +47,17 @@ PROTOCOL_ERRORS: Final = Counter(
 CALLS_RELAYED: Final = Counter(
     "avr_calls_relayed_total", "Calls whose audio moved to the compiled data plane once in their steady state."
 )
-RATE_LIMITED: Final = Counter("avr_rate_limited_total", "Requests or calls refused by the rate limiter.", ["scope"])
+RATE_LIMITED: Final = Counter(
+    "avr_rate_limited_total",
+    "Requests or calls refused by the rate limiter, by scope: http or call (per source address), caller.",
+    ["scope"],
+)
+PEER_LOOKUPS: Final = Counter(
+    "avr_peer_lookups_total",
+    "Calls that arrived without their /call metadata and asked the other pods, by result "
+    "(found, none, timeout, error).",
+    ["result"],
+)
 
 
 class LoopHistogram(Collector):

@@ -104,12 +104,17 @@ class HttpPool:
             metrics.PROVIDER_DURATION.labels(self.name).observe(time.perf_counter() - start)
 
     @asynccontextmanager
-    async def post_json(self, url: str, payload: object) -> AsyncIterator[aiohttp.ClientResponse]:
-        """POST JSON through the pool with retries; yields a streaming response whose status is below 400."""
+    async def post_json(
+        self, url: str, payload: object, call_uuid: str | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST JSON through the pool with retries; yields a streaming response whose status is below 400.
+
+        ``call_uuid`` goes as ``X-UUID``, as avr-core (1.5.5 and later) sends it on every provider request."""
         body = orjson.dumps(payload)
+        headers = _JSON_HEADERS if call_uuid is None else {**_JSON_HEADERS, "X-UUID": call_uuid}
         async with self.slot():
             resp = await with_retries(
-                self.name, self.policy, lambda: self.session.post(url, data=body, headers=_JSON_HEADERS)
+                self.name, self.policy, lambda: self.session.post(url, data=body, headers=headers)
             )
             async with resp:
                 if resp.status >= 400:

@@ -31,8 +31,8 @@ async def refused_code(port: int) -> int | None:
     return frames[0].payload[0] if frames and frames[0].kind is wire.Kind.ERROR else -1
 
 
-def test_http_rate_limit_refuses_the_101st_request(worker: WorkerFactory) -> None:
-    w = worker(rate_limit=100, rate_window=60)
+def test_http_rate_limit_refuses_the_101st_request_from_one_address(worker: WorkerFactory) -> None:
+    w = worker(source_rate_limit=100, rate_window=60)
     statuses = [http_json(w.url("/call"), {"uuid": f"u{i}", "payload": {}})[0] for i in range(100)]
     assert statuses == [200] * 100
     status, body, headers = http_json(w.url("/call"), {"uuid": "u100", "payload": {}})
@@ -45,8 +45,8 @@ def test_http_rate_limit_refuses_the_101st_request(worker: WorkerFactory) -> Non
     assert w.metric("avr_rate_limited_total", {"scope": "http"}) == 1
 
 
-async def test_new_calls_are_rate_limited_per_source(worker: WorkerFactory) -> None:
-    w = worker(rate_limit=3, rate_window=60)
+async def test_new_calls_are_bounded_per_source_by_the_ceiling(worker: WorkerFactory) -> None:
+    w = worker(source_rate_limit=3, rate_window=60)
     port = w.ports["audiosocket"]
     codes = [await refused_code(port) for _ in range(4)]
     assert codes[:3] == [None, None, None]

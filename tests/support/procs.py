@@ -49,13 +49,14 @@ class Proc:
     popen: subprocess.Popen[bytes]
     log_path: Path
     ports: dict[str, int] = field(default_factory=dict)
+    host: str = "127.0.0.1"
 
     @property
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def url(self, path: str, port: str = "http") -> str:
-        return f"http://127.0.0.1:{self.ports[port]}{path}"
+        return f"http://{self.host}:{self.ports[port]}{path}"
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         """Value of one sample from /metrics (0 when absent)."""

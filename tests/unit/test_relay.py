@@ -1133,7 +1133,7 @@ def test_an_engine_nobody_refers_to_is_collected_with_its_relays_and_their_socke
         max_slew=MAX_SLEW,
     )
     cast(Any, as_proto).keep = (engine, relay)  # as a leg keeps its transport, which keeps the relay
-    refs = [weakref.ref(relay), weakref.ref(as_proto), weakref.ref(ws_proto)]
+    refs: list[weakref.ref[Any]] = [weakref.ref(relay), weakref.ref(as_proto), weakref.ref(ws_proto)]
     del engine, relay, as_proto, ws_proto
     gc.collect()
     assert [r() for r in refs] == [None, None, None]

@@ -38,13 +38,14 @@ class TtsClient:
         self.voice = voice
         self.cache = cache
 
-    async def stream(self, text: str) -> AsyncIterator[bytes]:
+    async def stream(self, text: str, call_uuid: str | None = None) -> AsyncIterator[bytes]:
+        """The phrase's audio, from the cache or the provider; ``call_uuid`` is None for a pre-warm."""
         key = self.cache.key(self.url, self.voice, text)
         cached = self.cache.get(key)
         if cached is not None:
             yield cached
             return
-        async with self.pool.post_json(self.url, {"text": text}) as resp:
+        async with self.pool.post_json(self.url, {"text": text}, call_uuid) as resp:
             parts = []
             carry = b""
             async for chunk in resp.content.iter_any():
@@ -160,7 +161,7 @@ class ChainSession(ProviderSession):
         try:
             async for sentence in self._sentences(text):
                 said.append(sentence)
-                async for pcm in self._tts.stream(sentence):
+                async for pcm in self._tts.stream(sentence, self._uuid):
                     if first_audio:
                         first_audio = False
                         self._listener.on_turn_latency(time.perf_counter() - heard_at)
@@ -180,7 +181,7 @@ class ChainSession(ProviderSession):
 
     async def _sentences(self, text: str) -> AsyncIterator[str]:
         payload = {"uuid": self._uuid, "message": text, "messages": self._history}
-        async with self._llm.post_json(self._llm_url, payload) as resp:
+        async with self._llm.post_json(self._llm_url, payload, self._uuid) as resp:
             chunks = chain.JsonChunkStream()
             splitter = chain.SentenceSplitter()
             async for raw in resp.content.iter_any():

@@ -41,13 +41,18 @@ class StsSession(ProviderSession):
     ) -> None:
         super().__init__()
         self._policy = policy
-        self._url = with_query(url, metadata)
+        self._url = url  # with the /call payload already appended (WorkerContext.sts_url_for)
         self._uuid = call_uuid
         self._listener = listener
         self._metadata = metadata
         self._conn: wsclient.WebSocketConnection | None = None
         # what the caller says while the provider connects (bounded like a stalled connection's backlog)
         self._early: deque[bytes] = deque(maxlen=SEND_QUEUE_FRAMES)
+
+    def set_call_info(self, url: str | None, metadata: dict[str, Any]) -> None:
+        if url:
+            self._url = url
+        self._metadata = metadata
 
     async def start(self) -> None:
         async def connect() -> wsclient.WebSocketConnection:
