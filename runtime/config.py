@@ -26,6 +26,11 @@ class AudioSocketFormat(StrEnum):
     ALAW = "alaw"
 
 
+class DrainMode(StrEnum):
+    DEADLINE = "deadline"  # DRAIN_TIMEOUT seconds, then the calls left are ended
+    UNTIL_EMPTY = "until_empty"  # no cut of our own: the pod's terminationGracePeriodSeconds is the only limit
+
+
 class LogLevel(StrEnum):
     DEBUG = "debug"
     INFO = "info"
@@ -124,6 +129,20 @@ class Settings(BaseSettings):
 
     # lifecycle
     drain_timeout: float = Field(300.0, ge=0.0, description="Seconds live calls may continue after SIGTERM.")
+    drain_mode: DrainMode = Field(
+        DrainMode.DEADLINE, description="deadline: cut calls after DRAIN_TIMEOUT; until_empty: wait for the last one."
+    )
+
+    # the pod (downward API), for its deletion cost
+    pod_name: str | None = None
+    pod_namespace: str | None = None
+    pod_deletion_cost: bool = Field(
+        False, description="Keep the pod's controller.kubernetes.io/pod-deletion-cost at its live calls."
+    )
+    pod_deletion_cost_interval: float = Field(5.0, ge=0.1, le=300.0, description="Seconds between updates, at most.")
+    service_account_dir: str = Field(
+        "/var/run/secrets/kubernetes.io/serviceaccount", description="The pod's ServiceAccount token and CA."
+    )
 
     # webhooks
     webhook_url: str | None = None
@@ -144,7 +163,9 @@ class Settings(BaseSettings):
         parse_size(v)
         return v
 
-    @field_validator("log_level", "log_format", "audio_codec", "audiosocket_format", "playout_overflow", mode="before")
+    @field_validator(
+        "log_level", "log_format", "audio_codec", "audiosocket_format", "playout_overflow", "drain_mode", mode="before"
+    )
     @classmethod
     def _lower(cls, v: object) -> object:
         return v.lower() if isinstance(v, str) else v
@@ -156,6 +177,18 @@ class Settings(BaseSettings):
             raise ValueError("set either STS_URL or ASR_URL+LLM_URL+TTS_URL, not both")
         if any(chain) and not all(chain):
             raise ValueError("the HTTP chain needs all of ASR_URL, LLM_URL and TTS_URL")
+        return self
+
+    @model_validator(mode="after")
+    def _drain(self) -> Self:
+        if self.drain_mode is DrainMode.UNTIL_EMPTY and "drain_timeout" in self.model_fields_set:
+            raise ValueError("DRAIN_TIMEOUT does nothing with DRAIN_MODE=until_empty: set one or the other")
+        return self
+
+    @model_validator(mode="after")
+    def _pod(self) -> Self:
+        if self.pod_deletion_cost and not (self.pod_name and self.pod_namespace):
+            raise ValueError("POD_DELETION_COST needs POD_NAME and POD_NAMESPACE (the downward API)")
         return self
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ from avr_runtime.services import metrics
 from avr_runtime.services.cache import TtsCache
 from avr_runtime.services.directory import CallDirectory, CallInfo
 from avr_runtime.services.limiter import CallSlots, RateLimiter
+from avr_runtime.services.podcost import PodDeletionCost
 from avr_runtime.services.pool import HttpPool, RetryPolicy
 from avr_runtime.services.providers.base import Listener, ProviderSession
 from avr_runtime.services.providers.chain import ChainSession, TtsClient
@@ -41,6 +42,7 @@ class WorkerContext:
     clock: SlotClock  # shared by every call's pacer
     webhooks: WebhookSender | None = None
     relays: Relays | None = None  # the C data plane, when built and enabled
+    pod_cost: PodDeletionCost | None = None
     asr: HttpPool | None = None
     llm: HttpPool | None = None
     tts: TtsClient | None = None
@@ -84,6 +86,15 @@ class WorkerContext:
             ctx.relays = Relays(
                 asyncio.get_running_loop(), websocket.DEFAULT_MAX_MESSAGE, settings.fast_path_poll_ms / 1000
             )
+        if settings.pod_deletion_cost:
+            assert settings.pod_namespace and settings.pod_name  # checked with the settings
+            ctx.pod_cost = PodDeletionCost.in_cluster(
+                settings.pod_namespace,
+                settings.pod_name,
+                settings.service_account_dir,
+                settings.pod_deletion_cost_interval,
+            )
+            ctx.pod_cost.start()
         if settings.webhook_url:
             secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
             ctx.webhooks = WebhookSender(settings.webhook_url, secret, settings.webhook_timeout, settings.webhook_retry)
@@ -132,6 +143,8 @@ class WorkerContext:
         # Calls beyond the cap are refused, never queued: every call in the system holds a slot.
         metrics.QUEUE_LENGTH.set(slots.active)
         metrics.CALL_UTILIZATION.set(min(1.0, slots.active / slots.capacity))
+        if self.pod_cost is not None:
+            self.pod_cost.update(slots.active)
 
     def sync_metrics(self) -> None:
         if self.relays is not None:
@@ -142,6 +155,8 @@ class WorkerContext:
             self.relays.close()
             self.relays = None
         await self.directory.close()
+        if self.pod_cost is not None:
+            await self.pod_cost.close()
         if self.webhooks is not None:
             await self.webhooks.close()
         for pool in (self.asr, self.llm, self.tts.pool if self.tts else None):

@@ -52,6 +52,9 @@ RATE_LIMITED: Final = Counter(
     "Requests or calls refused by the rate limiter, by scope: http or call (per source address), caller.",
     ["scope"],
 )
+POD_COST_UPDATES: Final = Counter(
+    "avr_pod_deletion_cost_updates_total", "Updates of the pod's deletion cost, by outcome (ok, failed).", ["outcome"]
+)
 PEER_LOOKUPS: Final = Counter(
     "avr_peer_lookups_total",
     "Calls that arrived without their /call metadata and asked the other pods, by result "

@@ -134,3 +134,18 @@ async def test_the_autoscaling_signal_counts_the_calls_in_the_system_and_ended_c
     assert w.metric("avr_queue_length") == 0
     assert w.metric("avr_call_utilization") == 0
     assert w.metric("avr_call_objects") == 0, "ended calls are freed, not left for the collector"
+
+
+async def test_drain_until_empty_waits_for_the_last_call_without_a_deadline(
+    provider: ProviderFactory, worker: WorkerFactory, speech: bytes
+) -> None:
+    sts = provider("sts")
+    w = worker(sts_url=sts_url(sts), drain_mode="until_empty")
+    call = asyncio.create_task(place_call("127.0.0.1", w.ports["audiosocket"], speech * 2))
+    await asyncio.sleep(0.5)
+    w.popen.send_signal(signal.SIGTERM)
+    result = await call
+    assert result.hangup and result.errors == [] and paced_whole(result)
+    assert await asyncio.to_thread(w.popen.wait, 10) == 0
+    assert "draining 1 live call(s) until the last one ends" in w.log
+    assert "drained: 1 call(s) finished, 0 ended at the deadline" in w.log

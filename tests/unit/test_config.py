@@ -203,3 +203,20 @@ def test_log_rotation_without_a_log_file_is_refused(monkeypatch: pytest.MonkeyPa
         Settings()
     monkeypatch.setenv("LOG_FILE", "/tmp/worker.log")
     assert Settings().log_rotation_bytes == 10**7
+
+
+def test_drain_until_empty_refuses_a_drain_timeout_it_would_ignore(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRAIN_MODE", "until_empty")
+    assert Settings().drain_mode == "until_empty"
+    monkeypatch.setenv("DRAIN_TIMEOUT", "60")
+    with pytest.raises(ValidationError, match="DRAIN_TIMEOUT does nothing with DRAIN_MODE=until_empty"):
+        Settings()
+
+
+def test_pod_deletion_cost_needs_the_pod_s_name_and_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_DELETION_COST", "true")
+    with pytest.raises(ValidationError, match="POD_NAME and POD_NAMESPACE"):
+        Settings()
+    monkeypatch.setenv("POD_NAME", "core-0")
+    monkeypatch.setenv("POD_NAMESPACE", "avr")
+    assert Settings().pod_deletion_cost
