@@ -64,7 +64,9 @@ def deployment(replicas: int) -> client.V1Deployment:
 def grant_own_pod_patch(api: client.ApiClient, namespace: str) -> None:
     """What the operator gives the core's ServiceAccount: read and patch pods."""
     core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
-    core.create_namespaced_service_account(namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="core")))
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="core"))
+    )
     rule = client.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["get", "patch"])
     rbac.create_namespaced_role(namespace, client.V1Role(metadata=client.V1ObjectMeta(name="core"), rules=[rule]))
     rbac.create_namespaced_role_binding(
@@ -77,16 +79,30 @@ def grant_own_pod_patch(api: client.ApiClient, namespace: str) -> None:
     )
 
 
+def name(pod: client.V1Pod) -> str:
+    assert pod.metadata is not None and pod.metadata.name
+    return pod.metadata.name
+
+
+def cost(api: client.ApiClient, namespace: str, pod: str) -> str | None:
+    meta = client.CoreV1Api(api).read_namespaced_pod(pod, namespace).metadata
+    return (meta.annotations or {}).get(COST) if meta is not None else None
+
+
 def live_pods(api: client.ApiClient, namespace: str) -> list[client.V1Pod]:
-    pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=f"app={APP}").items
-    return sorted(
-        (p for p in pods if p.metadata and p.metadata.deletion_timestamp is None), key=lambda p: p.metadata.name
-    )
+    pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=f"app={APP}").items or []
+    return sorted((p for p in pods if p.metadata and p.metadata.deletion_timestamp is None), key=name)
 
 
 def pods_when(api: client.ApiClient, namespace: str, count: int) -> list[client.V1Pod] | None:
     pods = live_pods(api, namespace)
     return pods if len(pods) == count else None
+
+
+async def wait_pods(api: client.ApiClient, namespace: str, count: int, what: str) -> list[client.V1Pod]:
+    pods = await asyncio.to_thread(lambda: eventually(lambda: pods_when(api, namespace, count), timeout=60, what=what))
+    assert pods is not None
+    return pods
 
 
 def account_dir(api: client.ApiClient, namespace: str, pod: client.V1Pod, root: Path) -> Path:
@@ -95,13 +111,13 @@ def account_dir(api: client.ApiClient, namespace: str, pod: client.V1Pod, root: 
         spec=client.V1TokenRequestSpec(
             audiences=[],
             bound_object_ref=client.V1BoundObjectReference(
-                kind="Pod", api_version="v1", name=pod.metadata.name, uid=pod.metadata.uid
+                kind="Pod", api_version="v1", name=name(pod), uid=pod.metadata.uid if pod.metadata else None
             ),
         )
     )
     status = client.CoreV1Api(api).create_namespaced_service_account_token("core", namespace, request).status
     assert status and status.token
-    path = root / pod.metadata.name
+    path = root / name(pod)
     path.mkdir()
     (path / "token").write_text(status.token)
     shutil.copy(api.configuration.ssl_ca_cert, path / "ca.crt")
@@ -114,7 +130,7 @@ async def test_a_scale_down_keeps_the_pod_with_the_most_calls(
     apps = client.AppsV1Api(api_client)
     grant_own_pod_patch(api_client, namespace)
     apps.create_namespaced_deployment(namespace, deployment(3))
-    pods = await asyncio.to_thread(eventually, lambda: pods_when(api_client, namespace, 3), timeout=60, what="3 pods")
+    pods = await wait_pods(api_client, namespace, 3, "3 pods")
     server = urlsplit(api_client.configuration.host)
     provider_port = free_port()
     provider = spawn(["provider", "sts", "--port", str(provider_port)], dict(os.environ), workdir, "provider")
@@ -130,7 +146,7 @@ async def test_a_scale_down_keeps_the_pod_with_the_most_calls(
             "PORT": str(as_port),
             "HTTP_PORT": str(http_port),
             "STS_URL": sts_url(provider),
-            "POD_NAME": pod.metadata.name,
+            "POD_NAME": name(pod),
             "POD_NAMESPACE": namespace,
             "POD_DELETION_COST": "true",
             "POD_DELETION_COST_INTERVAL": "0.2",
@@ -138,7 +154,7 @@ async def test_a_scale_down_keeps_the_pod_with_the_most_calls(
             "KUBERNETES_SERVICE_HOST": str(server.hostname),
             "KUBERNETES_SERVICE_PORT": str(server.port),
         }
-        worker = spawn(["serve"], env, workdir, f"worker-{pod.metadata.name}")
+        worker = spawn(["serve"], env, workdir, f"worker-{name(pod)}")
         worker.ports |= {"http": http_port, "audiosocket": as_port}
         started.append(worker)
         workers.append(worker)
@@ -151,32 +167,21 @@ async def test_a_scale_down_keeps_the_pod_with_the_most_calls(
         for w, n in zip(workers, load, strict=True)
         for _ in range(n)
     ]
-    names = [p.metadata.name for p in pods]
+    names = [name(p) for p in pods]
 
     def costs() -> list[str | None]:
-        return [
-            (client.CoreV1Api(api_client).read_namespaced_pod(n, namespace).metadata.annotations or {}).get(COST)
-            for n in names
-        ]
+        return [cost(api_client, namespace, n) for n in names]
 
     want = [str(n) for n in load]
     await asyncio.to_thread(eventually, lambda: costs() == want, timeout=20, what=f"deletion costs {want}")
     apps.patch_namespaced_deployment_scale(namespace=namespace, name=APP, body={"spec": {"replicas": 1}})
-    left = await asyncio.to_thread(
-        eventually, lambda: pods_when(api_client, namespace, 1), timeout=60, what="scale-down to 1"
-    )
-    assert left[0].metadata.name == names[1], f"kept {left[0].metadata.name}, the busiest was {names[1]}"
+    left = await wait_pods(api_client, namespace, 1, "scale-down to 1")
+    assert name(left[0]) == names[1], f"kept {name(left[0])}, the busiest was {names[1]}"
     results = await asyncio.gather(*calls)
     assert all(r.hangup for r in results)
     # once the calls are over the cost follows them down
     survivor = names[1]
     await asyncio.to_thread(
-        eventually,
-        lambda: (client.CoreV1Api(api_client).read_namespaced_pod(survivor, namespace).metadata.annotations or {}).get(
-            COST
-        )
-        == "0",
-        timeout=20,
-        what="cost back to 0",
+        eventually, lambda: cost(api_client, namespace, survivor) == "0", timeout=20, what="cost back to 0"
     )
     assert all(w.metric("avr_pod_deletion_cost_updates_total", {"outcome": "failed"}) == 0 for w in workers[1:2])
