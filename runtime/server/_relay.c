@@ -126,6 +126,7 @@ typedef struct Relay {
     /* state */
     int ws_close_sent;
     unsigned long long frames_in;
+    double first_audio; /* when the provider's first audio arrived here (monotonic), 0 before */
 } Relay;
 
 typedef struct Engine {
@@ -427,6 +428,7 @@ static void pacer_audio_arrived(Relay *r, int was_empty, double now) {
 }
 
 static void relay_push(Relay *r, const uint8_t *pcm, size_t n, double now) {
+    if (r->first_audio == 0.0 && n) r->first_audio = now;
     int was_empty = r->count == 0;
     int dropped = playout_push(r, pcm, n, now);
     r->engine->dropped_overflow += (unsigned long long)dropped;
@@ -1163,6 +1165,8 @@ static PyObject *Relay_get_queued(Relay *r, void *Py_UNUSED(closure)) { return P
 
 static PyObject *Relay_get_pacing(Relay *r, void *Py_UNUSED(closure)) { return PyBool_FromLong(r->pacing); }
 
+static PyObject *Relay_get_first_audio(Relay *r, void *Py_UNUSED(closure)) { return PyFloat_FromDouble(r->first_audio); }
+
 static void relay_release(Relay *r) {
     Py_CLEAR(r->side[0].protocol);
     Py_CLEAR(r->side[1].protocol);
@@ -1216,6 +1220,8 @@ static PyGetSetDef Relay_getset[] = {
     {"frames_in", (getter)Relay_get_frames_in, NULL, "Caller audio frames forwarded to the provider.", NULL},
     {"queued", (getter)Relay_get_queued, NULL, "Frames in the playout buffer.", NULL},
     {"pacing", (getter)Relay_get_pacing, NULL, "Whether the pacer runs.", NULL},
+    {"first_audio", (getter)Relay_get_first_audio, NULL, "When provider audio first arrived (monotonic; 0: not yet).",
+     NULL},
     {NULL}};
 
 static PyTypeObject RelayType = {

@@ -76,6 +76,7 @@ class Call:
         self._ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._started = time.monotonic()
         self._frames_in = 0
+        self._first_audio = 0.0  # monotonic time of the provider's first audio in Python (the relay keeps its own)
         self._relay: Relay | None = None  # once the call's audio runs in the compiled data plane (relay.py)
         # local barge-in detection: the HTTP chain has no provider-side VAD
         self._vad: EnergyVad | None = None
@@ -116,6 +117,8 @@ class Call:
     # --- from the provider (Listener) ---
 
     def on_audio(self, data: bytes) -> None:
+        if not self._first_audio:
+            self._first_audio = time.monotonic()
         if self._relay is not None:
             self._relay.push(data)
             return
@@ -254,6 +257,10 @@ class Call:
             ctx.remove_call(self)
             metrics.CALLS_ENDED.labels(reason.split(":")[0]).inc()
             duration = time.monotonic() - self._started
+            metrics.CALL_DURATION.observe(duration)
+            first = self._first_audio or (self._relay.first_audio if self._relay is not None else 0.0)
+            if first:
+                metrics.FIRST_AUDIO.observe(first - self._started)
             log.info(
                 "call ended",
                 extra={

@@ -110,6 +110,17 @@ FRAME_LATENCY: Final = LoopHistogram(
     "Time provider audio waits in the worker before it is sent to the caller (playout and pacing).",
     buckets=_MS_BUCKETS,
 )
+CALL_DURATION: Final = Histogram(
+    "avr_call_duration_seconds",
+    "Calls from their start to their end, whatever ended them (refused calls are not counted).",
+    buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+)
+FIRST_AUDIO: Final = Histogram(
+    "avr_first_audio_seconds",
+    "From a call's start to the provider's first audio: the greeting's delay as the caller hears it, the provider "
+    "connection included. Calls whose provider never spoke are not counted.",
+    buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+)
 TURN_LATENCY: Final = Histogram(
     "avr_turn_latency_seconds",
     "From the end of the caller's utterance (transcript received) to the first audio of the reply.",

@@ -134,6 +134,10 @@ async def test_the_autoscaling_signal_counts_the_calls_in_the_system_and_ended_c
     assert w.metric("avr_queue_length") == 0
     assert w.metric("avr_call_utilization") == 0
     assert w.metric("avr_call_objects") == 0, "ended calls are freed, not left for the collector"
+    assert w.metric("avr_call_duration_seconds_count") == 3
+    assert 1.0 < w.metric("avr_call_duration_seconds_sum") / 3 < 10.0
+    assert w.metric("avr_first_audio_seconds_count") == 3, "the echo's first audio, relayed or not"
+    assert 0.0 < w.metric("avr_first_audio_seconds_sum") / 3 < 1.0
 
 
 async def test_drain_until_empty_waits_for_the_last_call_without_a_deadline(
