@@ -23,9 +23,9 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import runtime_load as rl  # noqa: E402  (this folder's sibling, not an installed module)
+import runtime_load as rl
 
-from avr_runtime.protocol import audiosocket as wire  # noqa: E402
+from avr_runtime.protocol import audiosocket as wire
 
 FRAME = bytes(range(1, 161)) * 2  # 20 ms of slin with no zero byte: echoed audio is told from silence
 
@@ -151,16 +151,17 @@ def main() -> None:
     provider, sts_port = rl.start_provider(load_core)
     server = rl.start_worker(server_core, sts_port, max_calls=args.concurrency * 2, fast_path=args.fast_path == "on")
     try:
-        with rl.pinned(load_core):
-            # not rl.run_async: its collector stays off, and this load runs for many minutes
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                samples, failed = runner.run(soak(args, server))
+        # not rl.run_async: its collector stays off, and this load runs for many minutes
+        with rl.pinned(load_core), asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            samples, failed = runner.run(soak(args, server))
     finally:
         server.proc.stop()
         provider.stop()
     growth = slope_per_1000(samples, args.warmup_calls)
     last = samples[-1]
-    print(f"soak: {last.calls} calls of {args.call_seconds:g} s, {args.concurrency} at a time, fast path {args.fast_path}")
+    print(
+        f"soak: {last.calls} calls of {args.call_seconds:g} s, {args.concurrency} at a time, fast path {args.fast_path}"
+    )
     print("| calls | worker RSS | Call objects in memory | calls relayed |")
     print("|---:|---:|---:|---:|")
     for s in samples:
