@@ -14,6 +14,7 @@ from typing import Final
 from pythonjsonlogger.json import JsonFormatter
 
 from avr_runtime.config import LogFormat, Settings
+from avr_runtime.services.tracing import TraceIdFilter
 
 _SECRET_NAME: Final = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
 _URL_CREDENTIALS: Final = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@")
@@ -96,6 +97,7 @@ def setup(settings: Settings) -> None:
     else:
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(Redact(secret_values(settings)))
+    handler.addFilter(TraceIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.value.upper())

@@ -16,7 +16,7 @@ from avr_runtime.audio.resample import Upsampler
 from avr_runtime.audio.vad import EnergyVad
 from avr_runtime.protocol.audiosocket import ErrorCode
 from avr_runtime.server.context import WorkerContext
-from avr_runtime.services import metrics
+from avr_runtime.services import metrics, tracing
 from avr_runtime.services.pool import ProviderUnavailable
 from avr_runtime.services.providers.base import ProviderSession
 
@@ -213,11 +213,23 @@ class Call:
                 await self.session.close()
         self.leg.hang_up(reason, code)
         self.ctx.remove_call(self)
-        self._let_go()
         return reason
 
     async def run(self) -> str:
         """Connect the provider, play until the call ends; returns the reason it ended."""
+        attributes = {"avr.call.uuid": self.uuid, "avr.call.leg": self.leg_name, "avr.mode": self.ctx.settings.mode}
+        with tracing.TRACER.start_as_current_span("call", attributes=attributes) as span:
+            reason = await self._run()
+            span.set_attribute("avr.call.end_reason", reason)
+            first = self._first_audio or (self._relay.first_audio if self._relay is not None else 0.0)
+            if first:  # a span of its own: from the call's start to the provider's first audio
+                tracing.TRACER.start_span("first_audio", start_time=tracing.epoch_ns(self._started)).end(
+                    end_time=tracing.epoch_ns(first)
+                )
+            self._let_go()
+            return reason
+
+    async def _run(self) -> str:
         ctx = self.ctx
         ctx.add_call(self)
         self.pacer.start()  # the caller hears silence while its metadata is looked up
@@ -272,7 +284,6 @@ class Call:
                 },
             )
             ctx.emit(self.uuid, "call_ended", {"reason": reason, "duration": round(duration, 3)})
-            self._let_go()
         return reason
 
     def _let_go(self) -> None:

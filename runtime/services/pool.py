@@ -17,7 +17,7 @@ from typing import TypeVar
 import aiohttp
 import orjson
 
-from avr_runtime.services import metrics
+from avr_runtime.services import metrics, tracing
 
 T = TypeVar("T")
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -111,7 +111,9 @@ class HttpPool:
 
         ``call_uuid`` goes as ``X-UUID``, as avr-core (1.5.5 and later) sends it on every provider request."""
         body = orjson.dumps(payload)
-        headers = _JSON_HEADERS if call_uuid is None else {**_JSON_HEADERS, "X-UUID": call_uuid}
+        headers = {**_JSON_HEADERS, **tracing.headers()}
+        if call_uuid is not None:
+            headers["X-UUID"] = call_uuid
         async with self.slot():
             resp = await with_retries(
                 self.name, self.policy, lambda: self.session.post(url, data=body, headers=headers)

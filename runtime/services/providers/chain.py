@@ -18,7 +18,7 @@ import aiohttp
 from yarl import URL
 
 from avr_runtime.protocol import chain
-from avr_runtime.services import metrics
+from avr_runtime.services import metrics, tracing
 from avr_runtime.services.cache import TtsCache
 from avr_runtime.services.pool import HttpPool, ProviderUnavailable, with_retries
 from avr_runtime.services.providers.base import Listener, ProviderSession
@@ -92,7 +92,7 @@ class ChainSession(ProviderSession):
             return await self._asr.session.post(
                 self._asr_url,
                 data=self._body(),
-                headers={"Content-Type": chain.ASR_CONTENT_TYPE, "X-UUID": self._uuid},
+                headers={"Content-Type": chain.ASR_CONTENT_TYPE, "X-UUID": self._uuid, **tracing.headers()},
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._asr.policy.timeout, sock_read=None),
             )
 
@@ -156,6 +156,10 @@ class ChainSession(ProviderSession):
         self._turn = asyncio.create_task(self._reply(text, time.perf_counter()), name=f"turn-{self._uuid}")
 
     async def _reply(self, text: str, heard_at: float) -> None:
+        with tracing.TRACER.start_as_current_span("turn", attributes={"avr.call.uuid": self._uuid}):
+            await self._turn_of(text, heard_at)
+
+    async def _turn_of(self, text: str, heard_at: float) -> None:
         first_audio = True
         said: list[str] = []
         try:

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from avr_runtime.protocol import sts, websocket
-from avr_runtime.services import metrics
+from avr_runtime.services import metrics, tracing
 from avr_runtime.services.pool import RetryPolicy, with_retries
 from avr_runtime.services.providers import wsclient
 from avr_runtime.services.providers.base import Listener, ProviderSession
@@ -57,10 +57,15 @@ class StsSession(ProviderSession):
     async def start(self) -> None:
         async def connect() -> wsclient.WebSocketConnection:
             return await wsclient.connect(
-                self._url, self._on_message, backlog=SEND_QUEUE_FRAMES, on_drop=metrics.DROPPED_BACKPRESSURE.inc
+                self._url,
+                self._on_message,
+                headers=tracing.headers(),
+                backlog=SEND_QUEUE_FRAMES,
+                on_drop=metrics.DROPPED_BACKPRESSURE.inc,
             )
 
-        conn = await with_retries("sts", self._policy, connect)
+        with tracing.TRACER.start_as_current_span("sts.connect"):
+            conn = await with_retries("sts", self._policy, connect)
         self._conn = conn
         try:
             conn.send(sts.encode_init(self._uuid, self._metadata or None).encode())
