@@ -60,6 +60,8 @@ async def asr_stream(request: web.Request) -> web.StreamResponse:
     stats["asr_streams"] += 1
     if request.headers.get("X-UUID"):
         stats["asr_x_uuid"] += 1
+    if request.headers.get("traceparent"):
+        stats["asr_traceparent"] += 1
     resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await resp.prepare(request)
     windows = AnalysisWindows(160, 0.0)  # 20 ms at 8 kHz
@@ -93,6 +95,8 @@ async def llm_stream(request: web.Request) -> web.StreamResponse:
     stats["llm_requests"] += 1
     if request.headers.get("X-UUID"):
         stats["llm_x_uuid"] += 1
+    if request.headers.get("traceparent"):
+        stats["llm_traceparent"] += 1
     body = await request.json()
     message = str(body.get("message", ""))
     turn = len(body.get("messages", [])) // 2 + 1
@@ -134,6 +138,8 @@ async def tts_stream(request: web.Request) -> web.StreamResponse:
     stats["tts_requests"] += 1
     if request.headers.get("X-UUID"):
         stats["tts_x_uuid"] += 1
+    if request.headers.get("traceparent"):
+        stats["tts_traceparent"] += 1
     body = await request.json()
     text = str(body.get("text", ""))
     if "fail" in text.lower():

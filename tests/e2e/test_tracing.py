@@ -8,7 +8,7 @@ import math
 
 import orjson
 from otlp import otlp_receiver
-from procs import ProviderFactory, WorkerFactory, http_json, sts_url
+from procs import ProviderFactory, WorkerFactory, chain_env, http_json, sts_url
 
 from avr_runtime.client.audiosocket import place_call
 
@@ -83,3 +83,29 @@ async def test_no_endpoint_no_traces(provider: ProviderFactory, worker: WorkerFa
         await asyncio.sleep(0.5)
     assert receiver.requests == 0
     assert "tracing on" not in w.log
+
+
+async def test_chain_turns_are_spans_of_the_call_and_every_provider_request_carries_the_trace(
+    provider: ProviderFactory, worker: WorkerFactory, speech: bytes
+) -> None:
+    p = provider("all")
+    async with otlp_receiver() as receiver:
+        w = worker(
+            **chain_env(p),
+            otel_exporter_otlp_endpoint=f"http://127.0.0.1:{receiver.port}",
+            otel_traces_sampler="always_on",
+            otel_bsp_schedule_delay="100",
+        )
+        result = await place_call("127.0.0.1", w.ports["audiosocket"], speech, tail_s=3.0)
+        assert result.hangup
+        for _ in range(30):
+            await asyncio.sleep(0.1)
+            if receiver.named("call"):
+                break
+    (call,) = receiver.named("call")
+    turns = receiver.named("turn")
+    assert turns and all(t.trace_id == call.trace_id and t.parent_span_id == call.span_id for t in turns)
+    _, stats, _ = await asyncio.to_thread(http_json, p.url("/stats"))
+    assert stats["asr_traceparent"] == stats["asr_streams"] == 1
+    assert stats["llm_traceparent"] == stats["llm_requests"] >= 1
+    assert stats["tts_traceparent"] == stats["tts_requests"] >= 1
