@@ -303,7 +303,7 @@ static int Echo_init(Echo *e, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-static PyObject *Echo_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+static PyObject *Echo_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds)) {
     Echo *e = (Echo *)type->tp_alloc(type, 0);
     if (e != NULL) e->sockfd = -1;
     return (PyObject *)e;

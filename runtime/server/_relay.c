@@ -970,7 +970,7 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+static PyObject *Engine_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds)) {
     Engine *e = (Engine *)type->tp_alloc(type, 0);
     if (e != NULL) e->epfd = e->sockfd = e->tfd = -1;
     return (PyObject *)e;

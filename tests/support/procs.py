@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -94,6 +95,8 @@ def spawn(args: list[str], env: dict[str, str], tmp: Path, name: str, prefix: Se
     """``prefix``: a command that runs ours (e.g. ``setpriv`` to start it with fewer privileges)."""
     log_path = tmp / f"{name}.log"
     out = log_path.open("wb")
+    if "AVR_SANITIZER_PRELOAD" in os.environ:  # scripts/sanitize: the Python children run the sanitized build too
+        env = {**env, "LD_PRELOAD": os.environ["AVR_SANITIZER_PRELOAD"]}
     popen = subprocess.Popen(
         [*prefix, sys.executable, "-P", "-m", "avr_runtime", *args], env=env, stdout=out, stderr=subprocess.STDOUT
     )
