@@ -4,9 +4,11 @@ rules file) -> the HPA controller -> the Deployment's replicas.
 Every other HPA test writes values into the test adapter by hand; this one lets calls drive them. Each kwok pod
 of the Deployment stands for one worker process on loopback (`avr-runtime serve` with the echo provider
 `avr-runtime provider sts`): Prometheus scrapes that worker under the pod's namespace and name, so the adapter
-serves `avr_queue_length` of exactly the pods the HPA selects. Calls ramp one at a time, each to the least busy
-ready pod's worker, as a Service would spread them; the HPA must add pods before any worker reaches its cap
-(MAX_CONCURRENT_CALLS) and refuses a call, and remove them once the calls end.
+serves `avr_queue_length` of exactly the pods the HPA selects. The Deployment and the HPA are the operator's own
+rendering of an AVRDeployment (applied directly: the operator's reconciling is tested elsewhere). Calls ramp
+one at a time, each to the least busy ready pod's worker, as a Service would spread them; the HPA must add pods
+before any worker reaches its cap (MAX_CONCURRENT_CALLS) and refuses a call, and remove them once the calls
+end.
 
 `avr_queue_length` counts the calls in the system on a pod (in progress plus waiting). A worker that still
 counts only the calls waiting for their provider connection is detected by a probe call; the test then points
@@ -28,18 +30,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from avr_devcluster.binaries import MissingBinariesError
 from avr_devcluster.prometheus import PrometheusMetrics, Target
 from avr_devcluster.testing import ClusterUnderTest, in_ci
 from kubernetes import client
 from procs import Proc, free_port, spawn, wait_healthy
 
+from avr_operator.api.resource import AVRDeployment
+from avr_operator.render.bundle import render
+from avr_operator.render.names import CORE, child_name
 from avr_runtime.protocol import audiosocket as wire
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "charts" / "avr-operator" / "files" / "prometheus-adapter-rules.yaml"
 QUEUE_METRIC = "avr_queue_length"
-APP = "core"
 CAP = 10  # MAX_CONCURRENT_CALLS of each worker
 TARGET = 4  # the HPA's averageValue of avr_queue_length per pod
 MAX_REPLICAS = 3
@@ -174,55 +179,70 @@ class HeldCall:
 # --- Kubernetes side ---
 
 
-def _deployment() -> client.V1Deployment:
-    labels = {"app": APP}
-    container = client.V1Container(name="worker", image="example.invalid/avr-runtime:test")
-    return client.V1Deployment(
-        metadata=client.V1ObjectMeta(name=APP, labels=labels),
-        spec=client.V1DeploymentSpec(
-            replicas=1,
-            selector=client.V1LabelSelector(match_labels=labels),
-            template=client.V1PodTemplateSpec(
-                metadata=client.V1ObjectMeta(labels=labels), spec=client.V1PodSpec(containers=[container])
-            ),
-        ),
-    )
+def _stack(namespace: str) -> list[dict[str, Any]]:
+    """The core's ConfigMap, Deployment and HPA exactly as the operator renders them for examples/sts-openai.yaml
+    with autoscaling on avr_queue_length (type Pods, averageValue) and fast scaling rules: up at once, down
+    after a short stabilisation window. (Only the core: its pods are the ones the HPA measures.)"""
+    body = yaml.safe_load((ROOT / "examples" / "sts-openai.yaml").read_text())
+    body["metadata"]["namespace"] = namespace
+    spec = body["spec"]
+    spec["autoscaling"] = {
+        "enabled": True,
+        "minReplicas": 1,
+        "maxReplicas": MAX_REPLICAS,
+        "targetQueueLength": TARGET,
+        "behavior": {
+            "scaleUp": {
+                "stabilizationWindowSeconds": 0,
+                "policies": [{"type": "Pods", "value": MAX_REPLICAS, "periodSeconds": 1}],
+            },
+            "scaleDown": {
+                "stabilizationWindowSeconds": SCALE_DOWN_WINDOW,
+                "policies": [{"type": "Percent", "value": 100, "periodSeconds": 1}],
+            },
+        },
+    }
+    spec["core"]["drain"] = {"timeoutSeconds": 0, "preStopSeconds": 0}
+    spec["rollout"] = {"minReadySeconds": 0}
+    owner = AVRDeployment.from_body(body)
+    core = child_name(owner, CORE)
+    wanted = {("ConfigMap", core), ("Deployment", core), ("HorizontalPodAutoscaler", core)}
+    manifests = [m for m in render(owner) if (m["kind"], m["metadata"]["name"]) in wanted]
+    assert len(manifests) == len(wanted), [m["kind"] for m in render(owner)]
+    (hpa,) = [m for m in manifests if m["kind"] == "HorizontalPodAutoscaler"]
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": QUEUE_METRIC},
+                "target": {"type": "AverageValue", "averageValue": str(TARGET)},
+            },
+        }
+    ]
+    return manifests
 
 
-def _hpa() -> client.V2HorizontalPodAutoscaler:
-    """What the operator renders for spec.autoscaling (type Pods on avr_queue_length, averageValue), with fast
-    scaling rules: up at once, down after a short stabilisation window."""
-    return client.V2HorizontalPodAutoscaler(
-        metadata=client.V1ObjectMeta(name=APP),
-        spec=client.V2HorizontalPodAutoscalerSpec(
-            scale_target_ref=client.V2CrossVersionObjectReference(api_version="apps/v1", kind="Deployment", name=APP),
-            min_replicas=1,
-            max_replicas=MAX_REPLICAS,
-            metrics=[
-                client.V2MetricSpec(
-                    type="Pods",
-                    pods=client.V2PodsMetricSource(
-                        metric=client.V2MetricIdentifier(name=QUEUE_METRIC),
-                        target=client.V2MetricTarget(type="AverageValue", average_value=str(TARGET)),
-                    ),
-                )
-            ],
-            behavior=client.V2HorizontalPodAutoscalerBehavior(
-                scale_up=client.V2HPAScalingRules(
-                    stabilization_window_seconds=0,
-                    policies=[client.V2HPAScalingPolicy(type="Pods", value=MAX_REPLICAS, period_seconds=1)],
-                ),
-                scale_down=client.V2HPAScalingRules(
-                    stabilization_window_seconds=SCALE_DOWN_WINDOW,
-                    policies=[client.V2HPAScalingPolicy(type="Percent", value=100, period_seconds=1)],
-                ),
-            ),
-        ),
-    )
+def _apply(api: client.ApiClient, manifests: list[dict[str, Any]]) -> tuple[str, str]:
+    """Create the manifests; returns the core Deployment's name and its pods' label selector."""
+    core: Any = client.CoreV1Api(api)
+    apps: Any = client.AppsV1Api(api)
+    hpas: Any = client.AutoscalingV2Api(api)
+    deployment = ("", "")
+    for m in manifests:
+        namespace = m["metadata"]["namespace"]
+        if m["kind"] == "ConfigMap":
+            core.create_namespaced_config_map(namespace, m)
+        elif m["kind"] == "Deployment":
+            apps.create_namespaced_deployment(namespace, m)
+            labels = m["spec"]["selector"]["matchLabels"]
+            deployment = (m["metadata"]["name"], ",".join(f"{k}={v}" for k, v in sorted(labels.items())))
+        else:
+            hpas.create_namespaced_horizontal_pod_autoscaler(namespace, m)
+    return deployment
 
 
-def _ready_pods(core: Any, namespace: str) -> list[str]:
-    pods = core.list_namespaced_pod(namespace, label_selector=f"app={APP}").items
+def _ready_pods(core: Any, namespace: str, selector: str) -> list[str]:
+    pods = core.list_namespaced_pod(namespace, label_selector=selector).items
     ready = []
     for pod in pods:
         conditions = (pod.status and pod.status.conditions) or []
@@ -245,7 +265,15 @@ class Sample:
 class Rig:
     """Binds ready pods to free workers (and Prometheus targets), routes calls, and records the timeline."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, workers: list[Proc], stack: PrometheusMetrics) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        target: tuple[str, str],
+        workers: list[Proc],
+        stack: PrometheusMetrics,
+    ) -> None:
+        self.name, self.selector = target
         self.core: Any = client.CoreV1Api(api)
         self.apps: Any = client.AppsV1Api(api)
         self.hpas: Any = client.AutoscalingV2Api(api)
@@ -260,7 +288,7 @@ class Rig:
 
     def sync(self) -> None:
         """Follow the Deployment's ready pods: a new one gets a free worker, a gone one frees its worker."""
-        ready = _ready_pods(self.core, self.namespace)
+        ready = _ready_pods(self.core, self.namespace, self.selector)
         for pod in [p for p in self.bound if p not in ready]:
             self.free.append(self.bound.pop(pod))
         for pod in ready:
@@ -286,9 +314,9 @@ class Rig:
         return call
 
     def sample(self) -> Sample:
-        replicas = int(self.apps.read_namespaced_deployment(APP, self.namespace).spec.replicas)
+        replicas = int(self.apps.read_namespaced_deployment(self.name, self.namespace).spec.replicas)
         self.max_replicas_seen = max(self.max_replicas_seen, replicas)
-        status = self.hpas.read_namespaced_horizontal_pod_autoscaler(APP, self.namespace).status
+        status = self.hpas.read_namespaced_horizontal_pod_autoscaler(self.name, self.namespace).status
         metric = "-"
         for current in (status and status.current_metrics) or []:
             if current.pods is not None:
@@ -353,10 +381,8 @@ def test_hpa_scales_on_scraped_queue_length(
             extra = {"CONNECTION_TIMEOUT": "600000", "MAX_RETRIES": "0"}
         workers = [_worker(started, tmp_path, sts_url, **extra) for _ in range(MAX_REPLICAS)]
 
-        apps: Any = client.AppsV1Api(api_client)
-        apps.create_namespaced_deployment(namespace, _deployment())
-        client.AutoscalingV2Api(api_client).create_namespaced_horizontal_pod_autoscaler(namespace, _hpa())
-        rig = Rig(api_client, namespace, workers, prometheus)
+        target = _apply(api_client, _stack(namespace))
+        rig = Rig(api_client, namespace, target, workers, prometheus)
         try:
             asyncio.run(_scenario(rig, prometheus, namespace))
         except BaseException:
