@@ -23,6 +23,7 @@ import contextlib
 import os
 import socket
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -334,6 +335,28 @@ class Rig:
         return "\n".join(lines)
 
 
+def _utilization_served(rig: Rig, stack: PrometheusMetrics) -> bool:
+    """The chart's second rule: the custom metrics API serves each pod's avr_call_utilization, the share of its
+    slots in use. (True at once for a worker without that gauge, which came with the current avr_queue_length.)"""
+    if not any(line.startswith("avr_call_utilization ") for line in _metrics_text(next(iter(rig.bound.values())))):
+        return True
+    path = f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{rig.namespace}/pods/*/avr_call_utilization"
+    items = stack.cluster.api().get(path).get("items", [])
+    served = {item["describedObject"]["name"]: _quantity(item["value"]) for item in items}
+    wanted = {pod: rig.live(worker) / CAP for pod, worker in rig.bound.items()}
+    return served.keys() == wanted.keys() and all(abs(served[p] - wanted[p]) < 0.01 for p in wanted)
+
+
+def _metrics_text(worker: Proc) -> list[str]:
+    with urllib.request.urlopen(worker.url("/metrics"), timeout=5) as response:
+        return str(response.read().decode()).splitlines()
+
+
+def _quantity(value: str) -> float:
+    """A Kubernetes quantity as the adapter writes it: plain, or in milli-units."""
+    return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
+
+
 async def _probe_counts_calls_in_progress(worker: Proc) -> bool:
     """Whether the worker's avr_queue_length counts a call in progress (the current definition) or only calls
     waiting for their provider (the earlier one)."""
@@ -431,6 +454,7 @@ async def _scenario(rig: Rig, stack: PrometheusMetrics, namespace: str) -> None:
         await asyncio.sleep(0.5)
     for worker in rig.bound.values():
         assert worker.metric("avr_calls_refused_total", {"reason": "at_capacity"}) == 0
+    await _until(lambda: _utilization_served(rig, stack), 20, "avr_call_utilization through the custom metrics API")
 
     # The calls end: back to one replica, after the scale-down stabilisation window.
     for call in rig.calls:
