@@ -10,10 +10,8 @@ one at a time, each to the least busy ready pod's worker, as a Service would spr
 before any worker reaches its cap (MAX_CONCURRENT_CALLS) and refuses a call, and remove them once the calls
 end.
 
-`avr_queue_length` counts the calls in the system on a pod (in progress plus waiting). A worker that still
-counts only the calls waiting for their provider connection is detected by a probe call; the test then points
-the workers at a provider address that never answers the WebSocket handshake, so every call stays waiting and
-the same chain is exercised (the printed timeline says which definition ran).
+`avr_queue_length` counts the calls in the system on a pod (in progress plus waiting): the calls placed are
+what the HPA sees.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import time
 import urllib.request
 import uuid
@@ -113,16 +110,6 @@ def _worker(procs: list[Proc], tmp: Path, sts_url: str, **extra: str) -> Proc:
     procs.append(proc)
     wait_healthy(proc, proc.url("/health"))
     return proc
-
-
-@contextlib.contextmanager
-def _silent_provider() -> Iterator[str]:
-    """A WebSocket URL whose server accepts TCP connections (the kernel's backlog) but never answers the
-    handshake: calls stay waiting for their provider connection."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(256)
-        yield f"ws://127.0.0.1:{sock.getsockname()[1]}"
 
 
 # --- calls ---
@@ -327,8 +314,8 @@ class Rig:
         self.timeline.append(sample)
         return sample
 
-    def report(self, definition: str) -> str:
-        lines = [f"avr_queue_length definition: {definition}", "   t  calls  replicas  hpa-avg  calls per ready pod"]
+    def report(self) -> str:
+        lines = ["   t  calls  replicas  hpa-avg  calls per ready pod"]
         for s in self.timeline:
             per_pod = " ".join(str(n) for n in s.per_pod.values())
             lines.append(f"{s.t:5.1f}  {s.calls:5d}  {s.replicas:8d}  {s.metric:>7}  {per_pod}")
@@ -357,20 +344,6 @@ def _quantity(value: str) -> float:
     return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
 
 
-async def _probe_counts_calls_in_progress(worker: Proc) -> bool:
-    """Whether the worker's avr_queue_length counts a call in progress (the current definition) or only calls
-    waiting for their provider (the earlier one)."""
-    call = HeldCall(worker)
-    call.task = asyncio.create_task(call.run())
-    try:
-        await _until(lambda: worker.metric("avr_active_calls") == 1, 10, "the probe call to start")
-        await asyncio.sleep(1.0)  # connected to the echo provider by now: no longer waiting for it
-        return worker.metric(QUEUE_METRIC) >= 1
-    finally:
-        call.hangup.set()
-        await asyncio.wait_for(call.task, 10)
-
-
 async def _until(check: Any, limit: float, what: str) -> None:
     deadline = time.monotonic() + limit
     while not await asyncio.to_thread(check):
@@ -391,28 +364,16 @@ def test_hpa_scales_on_scraped_queue_length(
 ) -> None:
     provider = _provider(started, tmp_path)
     echo_url = f"ws://127.0.0.1:{provider.ports['http']}"
-    probe = _worker(started, tmp_path, echo_url)
-    counts_in_progress = asyncio.run(_probe_counts_calls_in_progress(probe))
-    probe.stop()
-
-    with _silent_provider() as silent_url:
-        if counts_in_progress:
-            definition, sts_url, extra = "calls in progress plus waiting", echo_url, {}
-        else:
-            # Calls wait for the handshake for as long as they last (one attempt, no early timeout).
-            definition, sts_url = "calls waiting for a provider connection (earlier definition)", silent_url
-            extra = {"CONNECTION_TIMEOUT": "600000", "MAX_RETRIES": "0"}
-        workers = [_worker(started, tmp_path, sts_url, **extra) for _ in range(MAX_REPLICAS)]
-
-        target = _apply(api_client, _stack(namespace))
-        rig = Rig(api_client, namespace, target, workers, prometheus)
-        try:
-            asyncio.run(_scenario(rig, prometheus, namespace))
-        except BaseException:
-            print(rig.report(definition))
-            print(prometheus.logs())
-            raise
-        print(rig.report(definition))
+    workers = [_worker(started, tmp_path, echo_url) for _ in range(MAX_REPLICAS)]
+    target = _apply(api_client, _stack(namespace))
+    rig = Rig(api_client, namespace, target, workers, prometheus)
+    try:
+        asyncio.run(_scenario(rig, prometheus, namespace))
+    except BaseException:
+        print(rig.report())
+        print(prometheus.logs())
+        raise
+    print(rig.report())
 
 
 async def _scenario(rig: Rig, stack: PrometheusMetrics, namespace: str) -> None:
