@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     )
     peer_timeout_ms: int = Field(300, ge=1, le=10_000, description="How long a call waits for its peers' answer.")
 
+    # access
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token the HTTP API's POST endpoints require (/call, /cache/prewarm, claims)."
+    )
+
     # logging
     log_level: LogLevel = LogLevel.INFO
     log_format: LogFormat = LogFormat.JSON

@@ -74,7 +74,11 @@ class WorkerContext:
             caller_limiter=RateLimiter(settings.rate_limit, settings.rate_window),
             slots=CallSlots(settings.max_concurrent_calls),
             directory=CallDirectory(
-                settings.call_metadata_ttl, settings.peer_service, settings.http_port, settings.peer_timeout_ms / 1000
+                settings.call_metadata_ttl,
+                settings.peer_service,
+                settings.http_port,
+                settings.peer_timeout_ms / 1000,
+                settings.api_token.get_secret_value() if settings.api_token else None,
             ),
             clock=SlotClock(asyncio.get_running_loop()),
         )

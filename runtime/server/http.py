@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -25,6 +26,21 @@ MAX_PREWARM: Final = 1000
 PREWARM_PARALLEL: Final = 4
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With API_TOKEN set, what changes state (POST) needs ``Authorization: Bearer <API_TOKEN>``."""
+    token = request.app[CTX].settings.api_token
+    if token is not None and request.method == "POST":
+        sent = request.headers.get("Authorization", "")
+        expected = f"Bearer {token.get_secret_value()}"
+        if not hmac.compare_digest(sent.encode(), expected.encode()):
+            metrics.UNAUTHORIZED.inc()
+            return web.json_response(
+                {"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": 'Bearer realm="avr"'}
+            )
+    return await handler(request)
 
 
 @web.middleware
@@ -137,7 +153,7 @@ async def prewarm(request: web.Request) -> web.Response:
 
 
 def build_app(ctx: WorkerContext) -> web.Application:
-    app = web.Application(middlewares=[rate_limit], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[rate_limit, authenticate], client_max_size=1024 * 1024)
     app[CTX] = ctx
 
     async def stream_handler(request: web.Request) -> web.StreamResponse:

@@ -51,13 +51,19 @@ def claim_path(call_uuid: str) -> str:
 
 class CallDirectory:
     def __init__(
-        self, ttl: float, peer_service: str | None = None, peer_port: int = 3000, peer_timeout: float = 0.3
+        self,
+        ttl: float,
+        peer_service: str | None = None,
+        peer_port: int = 3000,
+        peer_timeout: float = 0.3,
+        api_token: str | None = None,
     ) -> None:
         self._records: TTLCache[str, CallInfo] = TTLCache(maxsize=MAX_RECORDS, ttl=ttl)
         self._peer_service = peer_service
         self._peer_port = peer_port
         self._timeout = peer_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}  # the peers share it
 
     def put(self, call_uuid: str, info: CallInfo) -> None:
         self._records[call_uuid] = info
@@ -127,7 +133,8 @@ class CallDirectory:
         assert self._session is not None
         host = f"[{address}]" if ":" in address else address
         try:
-            async with self._session.post(f"http://{host}:{self._peer_port}{claim_path(call_uuid)}") as resp:
+            url = f"http://{host}:{self._peer_port}{claim_path(call_uuid)}"
+            async with self._session.post(url, headers=self._headers) as resp:
                 if resp.status != 200:
                     return None
                 return CallInfo.from_json(await resp.json())

@@ -55,6 +55,9 @@ RATE_LIMITED: Final = Counter(
 POD_COST_UPDATES: Final = Counter(
     "avr_pod_deletion_cost_updates_total", "Updates of the pod's deletion cost, by outcome (ok, failed).", ["outcome"]
 )
+UNAUTHORIZED: Final = Counter(
+    "avr_http_unauthorized_total", "HTTP API requests refused for a missing or wrong API_TOKEN."
+)
 PEER_LOOKUPS: Final = Counter(
     "avr_peer_lookups_total",
     "Calls that arrived without their /call metadata and asked the other pods, by result "

@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from aiohttp import web
 from front import round_robin
@@ -163,3 +164,30 @@ async def test_the_rate_limit_applies_per_caller_and_a_pbx_s_address_is_only_bou
     assert [await call_from(None) for _ in range(5)] == [None] * 5, "no caller id: only the PBX's ceiling applies"
     assert w.metric("avr_rate_limited_total", {"scope": "caller"}) == 1
     assert w.metric("avr_calls_refused_total", {"reason": "rate_limited"}) == 1
+
+
+async def test_api_token_guards_the_posts_and_the_peers_use_it(
+    provider: ProviderFactory, worker: WorkerFactory, speech: bytes
+) -> None:
+    sts = provider("sts")
+    a, b = fleet(worker, 2, sts_url=sts_url(sts), api_token="t0ken-shared-by-the-fleet")
+    call_id = str(uuid.uuid4())
+    body = {"uuid": call_id, "payload": {"lang": "fr"}}
+    async with aiohttp.ClientSession() as session:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            async with session.post(a.url("/call"), json=body, headers=headers) as resp:
+                assert resp.status == 401
+        async with session.post(a.url("/call/x/claim")) as resp:
+            assert resp.status == 401, "a claim is a POST too"
+        async with session.get(a.url("/ready")) as resp:
+            assert resp.status == 200, "probes stay open"
+        async with session.post(
+            a.url("/call"), json=body, headers={"Authorization": "Bearer t0ken-shared-by-the-fleet"}
+        ) as resp:
+            assert resp.status == 200
+    result = await place_call(b.host, b.ports["audiosocket"], speech[: 320 * 10], call_uuid=call_id)
+    assert result.hangup
+    _, stats, _ = await asyncio.to_thread(http_json, sts.url("/stats"))
+    assert stats.get("sts_query:lang=fr") == 1, "the peer's claim carried the token"
+    assert a.metric("avr_http_unauthorized_total") == 3
+    assert "t0ken-shared-by-the-fleet" not in a.log + b.log
