@@ -6,6 +6,7 @@ under AddressSanitizer by scripts/sanitize as well, where any memory error abort
 
 from __future__ import annotations
 
+import itertools
 import os
 import select
 import socket
@@ -103,7 +104,7 @@ def plane() -> Iterator[Plane]:
 def send_split(sock: socket.socket, data: bytes, cuts: list[int], p: Plane) -> None:
     points = sorted({c % (len(data) + 1) for c in cuts})
     edges = [0, *points, len(data)]
-    for a, b in zip(edges, edges[1:], strict=False):
+    for a, b in itertools.pairwise(edges):
         if b > a:
             sock.setblocking(True)
             sock.sendall(data[a:b])
