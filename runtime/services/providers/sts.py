@@ -137,8 +137,21 @@ class StsSession(ProviderSession):
             log.warning("call %s: STS provider broke the WebSocket protocol: %s", self._uuid, reason)
             self._end(f"provider_{reason}")
             return
-        metrics.PROVIDER_ERRORS.labels("sts", "closed").inc()
-        self._end("provider_closed")
+        conn = self._conn
+        abnormal = websocket.abnormal_end(conn.peer_close_code if conn is not None else None)
+        if abnormal is None:  # a goodbye: the call ends normally
+            log.info("call %s: the STS provider closed the call (%s)", self._uuid, reason, extra={"uuid": self._uuid})
+            self._end("provider_closed")
+            return
+        metrics.PROVIDER_ERRORS.labels("sts", "dropped" if abnormal == "dropped" else "abnormal_close").inc()
+        log.warning(
+            "call %s: the STS provider failed mid-call (%s): %s",
+            self._uuid,
+            abnormal,
+            reason,
+            extra={"uuid": self._uuid, "reason": f"provider_failed:{abnormal}"},
+        )
+        self._end(f"provider_failed:{abnormal}")
 
     async def close(self) -> None:
         self._end("closed")  # first, so the connection's end is not counted as the provider's
