@@ -385,8 +385,13 @@ static void pacer_emit(Relay *r, double anchor, double now) {
 
 static void pacer_tick(Relay *r, double now) {
     double slot = r->next;
-    if (r->grace) { /* grace expired with nothing to play */
+    if (r->grace) { /* grace expired with nothing whole to play */
         r->grace = 0;
+        if (r->partial_len) { /* a reply's last, short frame: padded and played now, not a slot later */
+            r->engine->dropped_overflow += (unsigned long long)playout_flush_partial(r, r->partial_since);
+            pacer_emit(r, now, now);
+            return;
+        }
         pacer_send(r, NULL, 0.0);
         r->talking = 0;
         r->hiccup = HICCUP_TICKS;
@@ -413,6 +418,7 @@ static void pacer_tick(Relay *r, double now) {
 static void pacer_audio_arrived(Relay *r, int was_empty, double now) {
     if (!r->pacing || !was_empty) return;
     if (r->grace) {
+        if (r->count == 0) return; /* only part of a frame: wait for the rest until the grace ends */
         r->grace = 0;
         pacer_emit(r, now, now);
         engine_arm(r->engine, r->next);

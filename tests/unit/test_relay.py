@@ -692,6 +692,47 @@ async def test_a_stall_of_the_worker_itself_does_not_use_up_the_grace(make_rig: 
     assert audio[i + 1 : i + 3] == [frame_n(1), SILENCE], "the worker's stall was charged to the provider"
 
 
+async def test_a_short_last_frame_is_played_when_the_grace_ends_not_a_slot_later(make_rig: MakeRig) -> None:
+    """As pacer.py: the echo of Asterisk's 12-byte last frame arrives 3 ms before its slot; it is played padded when
+    the slot's grace ends, not after a silence frame and a period."""
+    rig = await make_rig(grace_window=0.008)
+    await settle(0.05)
+    rig.relay.push(frame_n(0))
+    assert await until(lambda: frame_n(0) in spoken(rig))
+    first = rig.asterisk.arrivals[-1]
+    tail = frame_n(1)[:12]
+    await asyncio.sleep(max(0.0, first + PERIOD - 0.003 - time.monotonic()))
+    rig.relay.push(tail)
+    assert await until(lambda: tail + bytes(FRAME - 12) in spoken(rig))
+    await settle(0.05)
+    audio = rig.asterisk.audio()
+    i = audio.index(frame_n(0))
+    assert audio[i + 1 : i + 3] == [tail + bytes(FRAME - 12), SILENCE], "the tail waited a slot behind silence"
+    at = rig.asterisk.arrivals[[f.payload for f in rig.asterisk.frames].index(tail + bytes(FRAME - 12))]
+    assert at - first == pytest.approx(PERIOD + 0.008, abs=0.004)
+    assert rig.relay.queued == 0
+
+
+async def test_part_of_a_frame_in_the_grace_waits_for_the_rest_of_it(make_rig: MakeRig) -> None:
+    """As pacer.py: half of frame 1 arrives 2 ms after its slot, the other half 3 ms later: the whole frame is played
+    once complete, with no silence frame for the first half."""
+    rig = await make_rig(grace_window=0.008)
+    await settle(0.05)
+    rig.relay.push(frame_n(0))
+    assert await until(lambda: frame_n(0) in spoken(rig))
+    slot = rig.asterisk.arrivals[-1] + PERIOD
+    one = frame_n(1)
+    await asyncio.sleep(max(0.0, slot + 0.002 - time.monotonic()))
+    rig.relay.push(one[:160])
+    await asyncio.sleep(max(0.0, slot + 0.005 - time.monotonic()))
+    rig.relay.push(one[160:])
+    assert await until(lambda: one in spoken(rig))
+    await settle(0.05)
+    audio = rig.asterisk.audio()
+    i = audio.index(frame_n(0))
+    assert audio[i + 1 : i + 3] == [one, SILENCE]
+
+
 @pytest.mark.parametrize(("stalled", "drained"), [(6, True), (DRAIN_MAX_FRAMES + 6, False)])
 async def test_a_steady_backlog_behind_a_stall_is_drained_or_if_too_large_cut(
     make_rig: MakeRig, stalled: int, drained: bool
