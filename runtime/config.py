@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     port: Port = Field(5001, description="AudioSocket TCP port.")
     http_port: Port = Field(3000, description="HTTP port: health, readiness, metrics, /call, stream.")
     audiosocket_format: AudioSocketFormat = AudioSocketFormat.AUTO
+    audiosocket_error_frames: bool = Field(
+        False,
+        description="Send an error frame (0xff, the reason's code) before the hangup of a call ended by a failure: "
+        "Asterisk's AudioSocket() then fails and the dialplan after it does not run.",
+    )
 
     # providers
     sts_url: str | None = Field(None, description="Speech-to-speech provider WebSocket URL.")

@@ -50,6 +50,7 @@ async def test_asr_down_ends_the_call_with_an_error(worker: WorkerFactory, speec
         tts_url=f"{dead}/text-to-speech-stream",
         connection_timeout=200,
         max_retries=1,
+        audiosocket_error_frames="true",
     )
     result = await place_call("127.0.0.1", w.ports["audiosocket"], speech, hangup=False, time_limit=10)
     assert result.hangup and result.errors == [4]

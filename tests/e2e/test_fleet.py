@@ -149,7 +149,9 @@ async def test_the_rate_limit_applies_per_caller_and_a_pbx_s_address_is_only_bou
     provider: ProviderFactory, worker: WorkerFactory
 ) -> None:
     sts = provider("sts")
-    w = worker(sts_url=sts_url(sts), rate_limit=2, rate_window=60, source_rate_limit=50)
+    w = worker(
+        sts_url=sts_url(sts), rate_limit=2, rate_window=60, source_rate_limit=50, audiosocket_error_frames="true"
+    )
     port = w.ports["audiosocket"]
 
     async def call_from(caller: str | None) -> int | None:
