@@ -276,6 +276,29 @@ async def test_the_worker_keeps_talking_while_asterisk_s_caller_is_silent(
     assert w.metric("avr_calls_ended_total", {"reason": "provider_closed"}) == 1
 
 
+async def test_a_caller_silent_from_the_start_hears_silence_at_once(
+    provider: ProviderFactory, worker: WorkerFactory
+) -> None:
+    """A caller that says nothing at first: Asterisk sends its UUID and then nothing (a Local channel, a phone with
+    silence suppression), and AudioSocket() gives up after 2 s of no activity. The worker's silence frames start
+    with the call, before any caller audio, and come every 20 ms."""
+    sts = provider("sts")
+    w = worker(sts_url=sts_url(sts))
+    reader, writer = await asyncio.open_connection("127.0.0.1", w.ports["audiosocket"])
+    writer.write(wire.uuid_frame(uuid.uuid4()))
+    loop = asyncio.get_running_loop()
+    start, arrivals, parser = loop.time(), [], wire.FrameParser()
+    async with asyncio.timeout(10):
+        while loop.time() - start < 3.0:
+            data = await reader.read(65536)
+            assert data, "the worker hung up on a silent caller"
+            arrivals += [loop.time()] * sum(1 for f in parser.feed(data) if f.kind is wire.Kind.AUDIO)
+    writer.close()
+    assert arrivals[0] - start < 0.1, "the first frame came late"
+    assert len(arrivals) >= 3.0 / 0.02 * 0.9
+    assert max(b - a for a, b in itertools.pairwise(arrivals)) < 0.1
+
+
 async def test_call_metadata_reaches_the_sts_provider(
     provider: ProviderFactory, worker: WorkerFactory, speech: bytes
 ) -> None:
