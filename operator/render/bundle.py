@@ -6,8 +6,9 @@ from typing import Any
 
 from avr_operator.api.resource import AVRDeployment
 from avr_operator.render.components import components
+from avr_operator.render.names import CORE
 from avr_operator.render.scaling import autoscaler, disruption_budget
-from avr_operator.render.workloads import config_map, deployment, service
+from avr_operator.render.workloads import config_map, deployment, peer_service, service
 
 Manifest = dict[str, Any]
 
@@ -24,7 +25,10 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
 def render(owner: AVRDeployment) -> list[Manifest]:
     out: list[Manifest] = []
     for c in components(owner):
-        out += [config_map(owner, c), service(owner, c), deployment(owner, c)]
+        out += [config_map(owner, c), service(owner, c)]
+        if c.role == CORE:
+            out.append(peer_service(owner, c))
+        out.append(deployment(owner, c))
         for optional in (disruption_budget(owner, c), autoscaler(owner, c)):
             if optional is not None:
                 out.append(optional)

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
 from avr_operator.api.resource import AVRDeployment
 from avr_operator.api.spec import CoreSpec, ProviderSpec
-from avr_operator.render.names import CORE, child_name
+from avr_operator.render.names import CORE, PEERS, child_name
 
 # Seconds added to the drain time so the kubelet never kills a pod that is still finishing cleanly.
 GRACE_MARGIN_SECONDS = 15
+
+# Share of maxConcurrentCalls the core's autoscaler aims at per pod when the spec sets no target: room for a
+# burst while new pods start, before /ready fails at capacity.
+DEFAULT_TARGET_UTILIZATION = 0.7
+QUEUE_METRIC = "avr_queue_length"
 
 # Path on each provider's Service the core calls (AVR's HTTP streaming providers; STS is a WebSocket root).
 PROVIDER_URLS = {
@@ -57,6 +63,8 @@ class Component:
     http_probes: bool
     autoscaling: Autoscaling | None
     pod_annotations: dict[str, str] = field(default_factory=dict)
+    # Directory of the log file (LOG_FILE), mounted as an emptyDir on the read-only root filesystem.
+    log_dir: str | None = None
 
     @property
     def config_hash(self) -> str:
@@ -88,13 +96,21 @@ def core_config(owner: AVRDeployment) -> dict[str, str]:
         "CACHE_MAX_SIZE": core.cache.max_size,
         "CACHE_TTL": core.cache.ttl_seconds,
         "RATE_LIMIT": core.rate_limit.requests,
+        "SOURCE_RATE_LIMIT": core.rate_limit.source_requests,
         "RATE_WINDOW": core.rate_limit.window_seconds,
         "MAX_CONCURRENT_CALLS": core.max_concurrent_calls,
         "LOG_LEVEL": core.logging.level,
         "LOG_FORMAT": core.logging.format,
-        "LOG_ROTATION": core.logging.rotation,
-        "DRAIN_TIMEOUT": core.drain.timeout_seconds,
+        "DRAIN_MODE": core.drain.mode,
+        "PEER_SERVICE": peer_service_host(owner),
     }
+    # Only knobs that act: rotation means nothing without a file, the deadline nothing when waiting until empty.
+    if core.logging.file is not None:
+        env["LOG_FILE"] = core.logging.file
+        if core.logging.rotation is not None:
+            env["LOG_ROTATION"] = core.logging.rotation
+    if core.drain.mode == "deadline":
+        env["DRAIN_TIMEOUT"] = core.drain.timeout
     for role, provider in owner.spec.providers.items():
         var, url = provider_url(owner, role, provider.port)
         env[var] = url
@@ -103,6 +119,33 @@ def core_config(owner: AVRDeployment) -> dict[str, str]:
         env["WEBHOOK_TIMEOUT"] = core.webhook.timeout_ms
         env["WEBHOOK_RETRY"] = core.webhook.retries
     return {k: str(v) for k, v in env.items()}
+
+
+def peer_service_host(owner: AVRDeployment) -> str:
+    """DNS name of the headless Service listing the ready core pods, which ask each other for call metadata."""
+    return f"{child_name(owner, PEERS)}.{owner.namespace}.svc"
+
+
+def queue_target(owner: AVRDeployment) -> str:
+    """Per-pod target of avr_queue_length, as a quantity: explicit, or maxConcurrentCalls x targetUtilization.
+
+    Milli-units keep a fractional target exact (7 calls x 0.7 = 4900m) without float noise in the manifest.
+    """
+    a = owner.spec.autoscaling
+    if a.target_queue_length is not None:
+        return str(a.target_queue_length)
+    share = DEFAULT_TARGET_UTILIZATION if a.target_utilization is None else a.target_utilization
+    milli = max(1, round(owner.spec.core.max_concurrent_calls * share * 1000))
+    return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
+
+
+def _grace_seconds(core: CoreSpec) -> int:
+    """The user's limit when draining until empty; else preStop + deadline + margin."""
+    drain = core.drain
+    if drain.mode == "until_empty":
+        assert drain.termination_grace_period_seconds is not None  # the spec's rules require it
+        return drain.termination_grace_period_seconds
+    return drain.pre_stop_seconds + drain.timeout + GRACE_MARGIN_SECONDS
 
 
 def _core_env(core: CoreSpec) -> list[dict[str, Any]]:
@@ -123,8 +166,8 @@ def _core(owner: AVRDeployment) -> Component:
             {
                 "type": "Pods",
                 "pods": {
-                    "metric": {"name": "avr_queue_length"},
-                    "target": {"type": "AverageValue", "averageValue": str(a.target_queue_length)},
+                    "metric": {"name": QUEUE_METRIC},
+                    "target": {"type": "AverageValue", "averageValue": queue_target(owner)},
                 },
             }
         ]
@@ -143,7 +186,7 @@ def _core(owner: AVRDeployment) -> Component:
         env=_core_env(core),
         env_from=[e.dump() for e in core.env_from],
         pre_stop_seconds=core.drain.pre_stop_seconds,
-        grace_seconds=core.drain.pre_stop_seconds + core.drain.timeout_seconds + GRACE_MARGIN_SECONDS,
+        grace_seconds=_grace_seconds(core),
         run_as_user=core.run_as_user,
         http_probes=True,
         autoscaling=autoscaling,
@@ -152,6 +195,7 @@ def _core(owner: AVRDeployment) -> Component:
             "prometheus.io/port": str(core.ports.http),
             "prometheus.io/path": "/metrics",
         },
+        log_dir=posixpath.dirname(core.logging.file) if core.logging.file is not None else None,
     )
 
 

@@ -18,6 +18,8 @@ from avr_operator.constants import (
 )
 
 CORE = "core"
+# Suffix of the core's headless Service (`<name>-core-peers`): at most 52 + 11 = 63 characters, a DNS label.
+PEERS = "core-peers"
 
 
 def child_name(owner: AVRDeployment, component: str) -> str:

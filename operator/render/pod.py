@@ -56,6 +56,8 @@ def _container(c: Component) -> dict[str, Any]:
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    if c.log_dir is not None and c.log_dir != "/tmp":
+        container["volumeMounts"].append({"name": "logs", "mountPath": c.log_dir})
     if c.env:
         container["env"] = c.env
     if c.image_pull_policy:
@@ -97,6 +99,9 @@ def pod_template(owner: AVRDeployment, c: Component) -> dict[str, Any]:
         "containers": [_container(c)],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
     }
+    if c.log_dir is not None and c.log_dir != "/tmp":
+        # The root filesystem is read-only: the log file's directory needs a writable volume of its own.
+        spec["volumes"].append({"name": "logs", "emptyDir": {}})
     if owner.spec.image_pull_secrets:
         spec["imagePullSecrets"] = [s.dump() for s in owner.spec.image_pull_secrets]
     return {

@@ -60,14 +60,15 @@ async def test_first_reconcile_creates_every_child_and_the_second_writes_nothing
     first = await run(cluster)
     assert cluster.kinds() == [
         ("ConfigMap", "demo-core"), ("ConfigMap", "demo-sts"), ("Deployment", "demo-core"),
-        ("Deployment", "demo-sts"), ("Secret", "keys"), ("Service", "demo-core"), ("Service", "demo-sts"),
+        ("Deployment", "demo-sts"), ("Secret", "keys"), ("Service", "demo-core"), ("Service", "demo-core-peers"),
+        ("Service", "demo-sts"),
     ]  # fmt: skip
-    assert first.writes == 6 and first.status_written
+    assert first.writes == 7 and first.status_written
     cluster.reset_writes()
     second = await run(cluster)
     assert second.writes == 0 and not second.status_written
     assert cluster.writes == []
-    assert cluster.dry_runs == 6  # only the first reconcile needed previews
+    assert cluster.dry_runs == 7  # only the first reconcile needed previews
 
 
 async def test_child_ownership_and_status() -> None:
@@ -167,7 +168,7 @@ async def test_missing_secret_degrades_without_writing_anything() -> None:
     # The Secret appears: everything is applied and the resource recovers.
     cluster.add(SECRET)
     fixed = await run(cluster)
-    assert fixed.writes == 6
+    assert fixed.writes == 7
     assert condition(cluster, "Degraded")["status"] == "False"
     assert ("Normal", "Recovered") in [(e.type, e.reason) for e in fixed.events]
 

@@ -85,12 +85,14 @@ def test_core_config_carries_every_knob(make_body: Make) -> None:
         "CACHE_MAX_SIZE": "1000",
         "CACHE_TTL": "3600",
         "RATE_LIMIT": "100",
+        "SOURCE_RATE_LIMIT": "3000",
         "RATE_WINDOW": "60",
         "MAX_CONCURRENT_CALLS": "500",
         "LOG_LEVEL": "info",
         "LOG_FORMAT": "json",
-        "LOG_ROTATION": "100MB",
+        "DRAIN_MODE": "deadline",
         "DRAIN_TIMEOUT": "90",
+        "PEER_SERVICE": "demo-core-peers.calls.svc",
         "STS_URL": "ws://demo-sts:6030",
     }
     assert config == expected
@@ -104,7 +106,8 @@ def test_hpa_owns_replicas_when_autoscaling(make_body: Make) -> None:
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 10)
     pods, cpu = hpa["metrics"]
     assert pods["pods"]["metric"]["name"] == "avr_queue_length"
-    assert pods["pods"]["target"] == {"type": "AverageValue", "averageValue": "5"}
+    # 0.7 of maxConcurrentCalls (500) per pod by default.
+    assert pods["pods"]["target"] == {"type": "AverageValue", "averageValue": "350"}
     assert cpu["resource"]["target"] == {"type": "Utilization", "averageUtilization": 60}
     assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
     # The provider is not autoscaled: it keeps its replicas.
@@ -252,3 +255,81 @@ def test_zero_min_ready_seconds_is_left_out(make_body: Make) -> None:
     assert manifests(make_body())["Deployment", "demo-core"]["spec"]["minReadySeconds"] == 10
     deployment = manifests(make_body(rollout={"minReadySeconds": 0}))["Deployment", "demo-core"]
     assert "minReadySeconds" not in deployment["spec"]
+
+
+def _queue_target(make_body: Make, max_calls: int, **autoscaling: Any) -> str:
+    core = {"image": "x", "maxConcurrentCalls": max_calls}
+    hpa = manifests(make_body(core=core, autoscaling={"enabled": True, **autoscaling}))[
+        "HorizontalPodAutoscaler", "demo-core"
+    ]
+    value: str = hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"]
+    return value
+
+
+def test_queue_target_follows_capacity_and_utilization(make_body: Make) -> None:
+    assert _queue_target(make_body, 500) == "350"
+    assert _queue_target(make_body, 500, targetUtilization=1) == "500"
+    assert _queue_target(make_body, 7) == "4900m"  # exact, in milli-units
+    assert _queue_target(make_body, 1, targetUtilization=0.0001) == "1m"  # never a zero target
+    # An explicit queue length overrides the derived one.
+    assert _queue_target(make_body, 500, targetQueueLength="2500m") == "2500m"
+    assert _queue_target(make_body, 500, targetQueueLength=12) == "12"
+
+
+def test_source_rate_limit_is_rendered(make_body: Make) -> None:
+    core = {"image": "x", "rateLimit": {"requests": 10, "sourceRequests": 900}}
+    config = manifests(make_body(core=core))["ConfigMap", "demo-core"]["data"]
+    assert (config["RATE_LIMIT"], config["SOURCE_RATE_LIMIT"]) == ("10", "900")
+
+
+def test_logs_go_to_the_container_output_without_a_rotation_knob(make_body: Make) -> None:
+    objs = manifests(make_body())
+    config = objs["ConfigMap", "demo-core"]["data"]
+    assert "LOG_FILE" not in config and "LOG_ROTATION" not in config
+    pod = objs["Deployment", "demo-core"]["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+
+
+def test_a_log_file_gets_a_volume_and_only_then_rotation(make_body: Make) -> None:
+    core = {"image": "x", "logging": {"file": "/var/log/avr/worker.log", "rotation": "10MB"}}
+    objs = manifests(make_body(core=core))
+    config = objs["ConfigMap", "demo-core"]["data"]
+    assert (config["LOG_FILE"], config["LOG_ROTATION"]) == ("/var/log/avr/worker.log", "10MB")
+    pod = objs["Deployment", "demo-core"]["spec"]["template"]["spec"]
+    assert {"name": "logs", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "logs", "mountPath": "/var/log/avr"} in pod["containers"][0]["volumeMounts"]
+    # A file without a rotation size leaves the worker's own default in force.
+    config = manifests(make_body(core={"image": "x", "logging": {"file": "/logs/w.log"}}))["ConfigMap", "demo-core"][
+        "data"
+    ]
+    assert config["LOG_FILE"] == "/logs/w.log" and "LOG_ROTATION" not in config
+    # A file in /tmp uses the existing /tmp volume (two mounts at one path would make the pod invalid).
+    objs = manifests(make_body(core={"image": "x", "logging": {"file": "/tmp/w.log"}}))
+    pod = objs["Deployment", "demo-core"]["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+
+
+def test_drain_until_empty_has_no_deadline_and_the_users_grace_period(make_body: Make) -> None:
+    core = {"image": "x", "drain": {"mode": "until_empty", "terminationGracePeriodSeconds": 14400}}
+    objs = manifests(make_body(core=core))
+    config = objs["ConfigMap", "demo-core"]["data"]
+    assert config["DRAIN_MODE"] == "until_empty" and "DRAIN_TIMEOUT" not in config
+    assert objs["Deployment", "demo-core"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 14400
+
+
+def test_drain_deadline_defaults(make_body: Make) -> None:
+    objs = manifests(make_body())
+    config = objs["ConfigMap", "demo-core"]["data"]
+    assert (config["DRAIN_MODE"], config["DRAIN_TIMEOUT"]) == ("deadline", "300")
+    assert objs["Deployment", "demo-core"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 5 + 300 + 15
+
+
+def test_headless_peer_service_selects_the_core_pods(make_body: Make) -> None:
+    objs = manifests(make_body(core={"image": "x", "ports": {"http": 8080}}))
+    peers = objs["Service", "demo-core-peers"]["spec"]
+    assert peers["clusterIP"] == "None"
+    assert peers["selector"] == objs["Deployment", "demo-core"]["spec"]["selector"]["matchLabels"]
+    assert peers["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+    assert "publishNotReadyAddresses" not in peers  # ready pods only
+    assert objs["ConfigMap", "demo-core"]["data"]["PEER_SERVICE"] == "demo-core-peers.calls.svc"
+    assert objs["Service", "demo-core"]["spec"]["sessionAffinity"] == "None"

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.integration
 
 QUEUE_METRIC = "avr_queue_length"
 HPA_USER = "system:serviceaccount:kube-system:horizontal-pod-autoscaler"
-MIN, MAX, TARGET = 2, 5, 5
+MIN, MAX = 2, 5
+# The target the HPA gets from the spec: 0.5 of maxConcurrentCalls (10) calls in the system per pod.
+CAPACITY, UTILIZATION, TARGET = 10, 0.5, 5
 SCALE_DOWN_WINDOW = 5
 
 
@@ -41,7 +43,7 @@ def _autoscaled_example() -> Obj:
         "enabled": True,
         "minReplicas": MIN,
         "maxReplicas": MAX,
-        "targetQueueLength": TARGET,
+        "targetUtilization": UTILIZATION,
         # (no CPU target: the cluster has no resource metrics, and an unavailable metric blocks scaling down)
         "behavior": {
             "scaleUp": {
@@ -55,6 +57,7 @@ def _autoscaled_example() -> Obj:
         },
     }
     spec["core"]["drain"] = {"timeoutSeconds": 0, "preStopSeconds": 0}
+    spec["core"]["maxConcurrentCalls"] = CAPACITY
     spec["providers"]["sts"]["drainSeconds"] = 0
     spec["rollout"] = {"minReadySeconds": 0}
     return body
@@ -91,6 +94,15 @@ def test_hpa_scales_the_core_on_queue_length_and_the_operator_leaves_it(operated
             local.set_pod_metric(ns, pod, QUEUE_METRIC, length)
         return replicas() == wanted
 
+    hpa_api: Any = client.AutoscalingV2Api(api)
+    target = hpa_api.read_namespaced_horizontal_pod_autoscaler(deployment, ns).spec.metrics[0].pods.target
+    assert (target.type, target.average_value) == ("AverageValue", str(TARGET))
+
+    assert replicas() == MIN
+    # Just under the target: no scaling; then far above it: up to the maximum.
+    for _ in range(3):
+        with_queue(TARGET - 1, MIN)
+        time.sleep(1)
     assert replicas() == MIN
     eventually(lambda: with_queue(6 * TARGET, MAX), timeout=60, what=f"the HPA to scale up to {MAX}")
 
