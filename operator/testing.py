@@ -69,6 +69,11 @@ class FakeCluster:
     async def apply(self, manifest: Obj, *, field_manager: str, dry_run: bool = False) -> Obj:
         if manifest["kind"] in self.reject_kinds:
             raise ApiError(422, f"{manifest['kind']} is invalid: admission refused it")
+        if manifest["kind"] == "RoleBinding":
+            # As for a writer without cluster-admin: the roleRef is resolved to check escalation.
+            role = (manifest["apiVersion"], "Role", manifest["metadata"]["namespace"], manifest["roleRef"]["name"])
+            if role not in self.objects:
+                raise ApiError(404, f'roles.rbac.authorization.k8s.io "{role[3]}" not found')
         if key_of(manifest) in self.clashing:
             raise ApiError(422, f"{manifest['kind']} is invalid: spec.ports[2].name: Duplicate value")
         live = self.objects.get(key_of(manifest))

@@ -220,6 +220,20 @@ class DrainSpec(ApiModel):
         return DEFAULT_DRAIN_TIMEOUT if self.timeout_seconds is None else self.timeout_seconds
 
 
+class ScaleInSpec(ApiModel):
+    """How scale-in picks the pods to remove."""
+
+    deletion_cost: bool = Field(
+        True,
+        description=(
+            "Each worker sets its own pod's controller.kubernetes.io/pod-deletion-cost to its live call count "
+            "(POD_DELETION_COST), so scaling in removes the pods with the fewest calls first. Gives the core "
+            "pods a ServiceAccount <name>-avr-worker with a Role to get and patch pods, narrowed to their own "
+            "pod's annotation by the chart's admission policy."
+        ),
+    )
+
+
 class WebhookSpec(ApiModel):
     """Call events POSTed to an HTTP endpoint."""
 
@@ -278,6 +292,7 @@ class CoreSpec(ApiModel):
     )
     logging: LoggingSpec = sub(LoggingSpec, "Logging.")
     drain: DrainSpec = sub(DrainSpec, "Call draining on shutdown.")
+    scale_in: ScaleInSpec = sub(ScaleInSpec, "Which pods go first when the core scales in.")
     webhook: WebhookSpec | None = Field(None, description="Call event webhook; unset disables it.")
     ports: PortsSpec = sub(PortsSpec, "Listening ports.")
     env: tuple[EnvVar, ...] = env_field("core")

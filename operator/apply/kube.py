@@ -22,6 +22,9 @@ from avr_operator.constants import KIND, PLURAL
 THREADS = 24  # concurrent requests to the API server
 
 PLURALS = {
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
     "ConfigMap": "configmaps",
     "Secret": "secrets",
     "Service": "services",

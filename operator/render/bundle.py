@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from avr_operator.api.resource import AVRDeployment
+from avr_operator.render.access import worker_access
 from avr_operator.render.components import components
 from avr_operator.render.names import CORE
 from avr_operator.render.scaling import autoscaler, disruption_budget
@@ -14,6 +15,9 @@ Manifest = dict[str, Any]
 
 # Kinds the operator creates, for pruning and watching: (apiVersion, kind).
 CHILD_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "ServiceAccount"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
     ("v1", "ConfigMap"),
     ("v1", "Service"),
     ("apps/v1", "Deployment"),
@@ -23,7 +27,7 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
 
 
 def render(owner: AVRDeployment) -> list[Manifest]:
-    out: list[Manifest] = []
+    out: list[Manifest] = worker_access(owner)  # the identity before the pods that use it
     for c in components(owner):
         out += [config_map(owner, c), service(owner, c)]
         if c.role == CORE:

@@ -14,7 +14,7 @@ from typing import Any
 
 from avr_operator.api.resource import AVRDeployment
 from avr_operator.api.spec import CoreSpec, ProviderSpec
-from avr_operator.render.names import CORE, PEERS, child_name
+from avr_operator.render.names import CORE, PEERS, child_name, worker_account
 
 # Seconds added to the drain time so the kubelet never kills a pod that is still finishing cleanly.
 GRACE_MARGIN_SECONDS = 15
@@ -65,6 +65,8 @@ class Component:
     pod_annotations: dict[str, str] = field(default_factory=dict)
     # Directory of the log file (LOG_FILE), mounted as an emptyDir on the read-only root filesystem.
     log_dir: str | None = None
+    # ServiceAccount whose token the pod mounts (None: the default account, no token).
+    service_account: str | None = None
 
     @property
     def config_hash(self) -> str:
@@ -111,6 +113,8 @@ def core_config(owner: AVRDeployment) -> dict[str, str]:
             env["LOG_ROTATION"] = core.logging.rotation
     if core.drain.mode == "deadline":
         env["DRAIN_TIMEOUT"] = core.drain.timeout
+    if core.scale_in.deletion_cost:
+        env["POD_DELETION_COST"] = "true"
     for role, provider in owner.spec.providers.items():
         var, url = provider_url(owner, role, provider.port)
         env[var] = url
@@ -148,12 +152,22 @@ def _grace_seconds(core: CoreSpec) -> int:
     return drain.pre_stop_seconds + drain.timeout + GRACE_MARGIN_SECONDS
 
 
+# The pod's identity from the downward API: the worker patches its own pod (deletion cost) and knows itself
+# among its peers.
+DOWNWARD_ENV = (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace"))
+
+
 def _core_env(core: CoreSpec) -> list[dict[str, Any]]:
     env = [e.dump() for e in core.env]
+    given = {e["name"] for e in env}
+    generated: list[dict[str, Any]] = [
+        {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}} for name, path in DOWNWARD_ENV
+    ]
     secret = core.webhook.secret_ref if core.webhook is not None else None
-    if secret is not None and all(e["name"] != "WEBHOOK_SECRET" for e in env):
-        env.insert(0, {"name": "WEBHOOK_SECRET", "valueFrom": {"secretKeyRef": secret.dump()}})
-    return env
+    if secret is not None:
+        generated.append({"name": "WEBHOOK_SECRET", "valueFrom": {"secretKeyRef": secret.dump()}})
+    # Explicit env entries win (they are the user's override); generated ones come first.
+    return [g for g in generated if g["name"] not in given] + env
 
 
 def _core(owner: AVRDeployment) -> Component:
@@ -196,6 +210,7 @@ def _core(owner: AVRDeployment) -> Component:
             "prometheus.io/path": "/metrics",
         },
         log_dir=posixpath.dirname(core.logging.file) if core.logging.file is not None else None,
+        service_account=worker_account(owner) if core.scale_in.deletion_cost else None,
     )
 
 

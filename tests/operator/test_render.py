@@ -93,6 +93,7 @@ def test_core_config_carries_every_knob(make_body: Make) -> None:
         "DRAIN_MODE": "deadline",
         "DRAIN_TIMEOUT": "90",
         "PEER_SERVICE": "demo-core-peers.calls.svc",
+        "POD_DELETION_COST": "true",
         "STS_URL": "ws://demo-sts:6030",
     }
     assert config == expected
@@ -333,3 +334,43 @@ def test_headless_peer_service_selects_the_core_pods(make_body: Make) -> None:
     assert "publishNotReadyAddresses" not in peers  # ready pods only
     assert objs["ConfigMap", "demo-core"]["data"]["PEER_SERVICE"] == "demo-core-peers.calls.svc"
     assert objs["Service", "demo-core"]["spec"]["sessionAffinity"] == "None"
+
+
+def test_deletion_cost_gives_the_core_its_own_account_and_role(make_body: Make) -> None:
+    objs = manifests(make_body())
+    account = objs["ServiceAccount", "demo-avr-worker"]
+    assert account["metadata"]["namespace"] == "calls"
+    role = objs["Role", "demo-core"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
+    binding = objs["RoleBinding", "demo-core"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "demo-core"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "demo-avr-worker", "namespace": "calls"}]
+    pod = objs["Deployment", "demo-core"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "demo-avr-worker" and pod["automountServiceAccountToken"] is True
+    assert objs["ConfigMap", "demo-core"]["data"]["POD_DELETION_COST"] == "true"
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # Providers keep running without a token.
+    sts = objs["Deployment", "demo-sts"]["spec"]["template"]["spec"]
+    assert sts["automountServiceAccountToken"] is False and "serviceAccountName" not in sts
+
+
+def test_deletion_cost_can_be_turned_off(make_body: Make) -> None:
+    objs = manifests(make_body(core={"image": "x", "scaleIn": {"deletionCost": False}}))
+    assert not {kind for kind, _ in objs} & {"ServiceAccount", "Role", "RoleBinding"}
+    pod = objs["Deployment", "demo-core"]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    assert "POD_DELETION_COST" not in objs["ConfigMap", "demo-core"]["data"]
+    env = {e["name"] for e in pod["containers"][0]["env"]}
+    assert {"POD_NAME", "POD_NAMESPACE"} <= env
+
+
+def test_worker_policy_matches_the_account_names() -> None:
+    from avr_operator.render.names import WORKER_ACCOUNT_SUFFIX  # noqa: PLC0415
+    from avr_operator.render.policy import DELETION_COST, worker_pod_policy  # noqa: PLC0415
+
+    policy, binding = worker_pod_policy()
+    assert WORKER_ACCOUNT_SUFFIX in policy["spec"]["matchConditions"][0]["expression"]
+    assert any(DELETION_COST in v["expression"] for v in policy["spec"]["validations"])
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}

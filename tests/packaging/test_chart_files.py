@@ -104,3 +104,12 @@ def test_examples_are_documented(name: str) -> None:
     assert (ROOT / "examples" / f"{name}.yaml").is_file()
     assert f"`{name}.yaml`" in (ROOT / "examples" / "README.md").read_text()
     assert f"`{name}.yaml`" in (ROOT / "docs" / "operator.md").read_text()
+
+
+def test_chart_worker_policy_is_the_generated_policy() -> None:
+    from avr_operator.render.policy import policy_yaml  # noqa: PLC0415
+
+    assert (CHART / "files" / "worker-pod-policy.yaml").read_text() == policy_yaml(), (
+        "the chart's worker policy drifted: avr-operator policy -o charts/avr-operator/files/worker-pod-policy.yaml"
+    )
+    assert _values()["workerPodPolicy"]["install"] is True
