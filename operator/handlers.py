@@ -34,6 +34,8 @@ CHILD_RESOURCES = (
     ("apps", "v1", "deployments"),
     ("policy", "v1", "poddisruptionbudgets"),
     ("autoscaling", "v2", "horizontalpodautoscalers"),
+    # Watched once KEDA's CRD exists (kopf notices CRDs appearing); without it, nothing to watch.
+    ("keda.sh", "v1alpha1", "scaledobjects"),
 )
 
 

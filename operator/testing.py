@@ -31,6 +31,8 @@ class FakeCluster:
         self.reject_kinds: set[str] = set()
         # Objects whose apply is refused until a merge patch replaced them (a list entry of another manager).
         self.clashing: set[Key] = set()
+        # Kinds of optional APIs (add-ons) this cluster serves.
+        self.served_kinds: set[tuple[str, str]] = set()
 
     # --- test helpers -----------------------------------------------------------------------------------
     def add(self, obj: Obj) -> Obj:
@@ -56,6 +58,9 @@ class FakeCluster:
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
         obj = self.objects.get((api_version, kind, namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
+
+    async def served(self, api_version: str, kind: str) -> bool:
+        return api_version.count(".") == 0 or "k8s.io" in api_version or (api_version, kind) in self.served_kinds
 
     async def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[Obj]:
         wanted = dict(part.split("=", 1) for part in label_selector.split(","))

@@ -462,6 +462,26 @@ class BehaviorSpec(ApiModel):
     )
 
 
+class KedaSpec(ApiModel):
+    """Where KEDA's Prometheus scaler reads the core's queue (engine keda)."""
+
+    server_address: str = Field(
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Prometheus server KEDA queries, e.g. http://prometheus.monitoring:9090.",
+    )
+    query: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description=(
+            "PromQL giving the core's total avr_queue_length; default "
+            'sum(avr_queue_length{namespace="<namespace>",pod=~"<name>-core-<hash>-<id>"}). KEDA divides it by '
+            "the per-pod target."
+        ),
+    )
+
+
 class AutoscalingSpec(ApiModel):
     """Horizontal autoscaling of the core on its call queue (`avr_queue_length`) and optionally CPU."""
 
@@ -488,9 +508,23 @@ class AutoscalingSpec(ApiModel):
         None, ge=1, le=100, description="Optional target average CPU use, % of requests."
     )
     behavior: BehaviorSpec = sub(BehaviorSpec, "Scale-up and scale-down speed.")
+    engine: Literal["hpa", "keda"] = Field(
+        "hpa",
+        description=(
+            "hpa: an autoscaling/v2 HorizontalPodAutoscaler on the Pods metric (needs a custom metrics adapter); "
+            "keda: a KEDA ScaledObject (keda.sh/v1alpha1) querying Prometheus, same target (needs KEDA)."
+        ),
+    )
+    keda: KedaSpec | None = Field(None, description="KEDA's Prometheus scaler; required with engine keda.")
 
     rules = (
         MIN_NOT_ABOVE_MAX,
+        Rule(
+            "self.engine == 'keda' ? has(self.keda) : !has(self.keda)",
+            "keda is required with engine keda, and only used with it",
+            lambda s: (s.keda is not None) == (s.engine == "keda"),
+            field="keda",
+        ),
         Rule(
             "!(has(self.targetQueueLength) && has(self.targetUtilization))",
             "set targetQueueLength or targetUtilization, not both",

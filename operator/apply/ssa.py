@@ -16,7 +16,7 @@ from typing import Any, TypeVar, cast
 
 from avr_operator import metrics
 from avr_operator.apply.cache import ChildCache, child_key
-from avr_operator.apply.cluster import ApiError, Cluster, Obj
+from avr_operator.apply.cluster import ApiError, Cluster, NotFoundError, Obj
 from avr_operator.constants import ANNOTATION_SPEC_HASH, API_VERSION, FIELD_MANAGER, KIND
 
 # Field manager used once to keep spec.replicas when the HPA takes over (see `needs_handover`).
@@ -212,7 +212,11 @@ async def prune(
         found = [f for f in found if f[:2] in kinds]
     else:
         for api_version, kind in kinds:
-            for obj in await cluster.list(api_version, kind, namespace, selector):
+            try:
+                listed = await cluster.list(api_version, kind, namespace, selector)
+            except NotFoundError:  # an optional API the cluster does not serve: nothing of that kind exists
+                continue
+            for obj in listed:
                 if _owned_by(obj, owner_uid):
                     found.append((api_version, kind, obj["metadata"]["name"], obj["metadata"]["uid"]))
     deleted = 0

@@ -23,7 +23,11 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("apps/v1", "Deployment"),
     ("policy/v1", "PodDisruptionBudget"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
 )
+
+# Kinds from APIs a cluster may not serve (installed add-ons): checked before anything is written.
+OPTIONAL_KINDS: frozenset[tuple[str, str]] = frozenset({("keda.sh/v1alpha1", "ScaledObject")})
 
 
 def render(owner: AVRDeployment) -> list[Manifest]:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import posixpath
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from avr_operator.api.resource import AVRDeployment
@@ -41,6 +42,18 @@ class Autoscaling:
     max_replicas: int
     metrics: list[dict[str, Any]]
     behavior: dict[str, Any] | None = None
+    # With engine keda: a ScaledObject instead of the HPA (KEDA then creates and owns the HPA).
+    keda: KedaTrigger | None = None
+
+
+@dataclass(frozen=True)
+class KedaTrigger:
+    """KEDA's Prometheus scaler: the query's value divided by `threshold` gives the replicas."""
+
+    server_address: str
+    query: str
+    threshold: str
+    cpu_utilization: int | None
 
 
 @dataclass(frozen=True)
@@ -143,6 +156,28 @@ def queue_target(owner: AVRDeployment) -> str:
     return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
 
 
+_SUFFIXES = {"m": "0.001", "k": "1e3", "M": "1e6", "G": "1e9", "T": "1e12", "P": "1e15", "E": "1e18",
+             "Ki": "1024", "Mi": "1048576", "Gi": "1073741824", "Ti": "1099511627776"}  # fmt: skip
+
+
+def quantity_decimal(quantity: str) -> str:
+    """A Kubernetes quantity as a plain decimal (KEDA's threshold is a float, not a quantity): 4900m -> 4.9."""
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if quantity.endswith(suffix) and quantity[: -len(suffix)]:
+            value = Decimal(quantity[: -len(suffix)]) * Decimal(_SUFFIXES[suffix])
+            break
+    else:
+        value = Decimal(quantity)
+    text = format(value.normalize(), "f")
+    return text
+
+
+def default_keda_query(owner: AVRDeployment) -> str:
+    """The core's calls in the system, summed over its pods (`<deployment>-<replicaset hash>-<id>`)."""
+    pods = f"{child_name(owner, CORE)}-[a-z0-9]+-[a-z0-9]+"
+    return f'sum({QUEUE_METRIC}{{namespace="{owner.namespace}",pod=~"{pods}"}})'
+
+
 def _grace_seconds(core: CoreSpec) -> int:
     """The user's limit when draining until empty; else preStop + deadline + margin."""
     drain = core.drain
@@ -187,7 +222,15 @@ def _core(owner: AVRDeployment) -> Component:
         ]
         if a.target_cpu_utilization is not None:
             metrics.append(_cpu_metric(a.target_cpu_utilization))
-        autoscaling = Autoscaling(a.min_replicas, a.max_replicas, metrics, a.behavior.dump())
+        keda = None
+        if a.engine == "keda" and a.keda is not None:
+            keda = KedaTrigger(
+                a.keda.server_address,
+                a.keda.query or default_keda_query(owner),
+                quantity_decimal(queue_target(owner)),
+                a.target_cpu_utilization,
+            )
+        autoscaling = Autoscaling(a.min_replicas, a.max_replicas, metrics, a.behavior.dump(), keda)
     return Component(
         role=CORE,
         name=child_name(owner, CORE),

@@ -297,3 +297,23 @@ async def test_the_workers_role_is_written_before_its_binding() -> None:
     assert applied == ["demo-core", "demo-core"]
     assert kinds.index("Role") < kinds.index("RoleBinding") < kinds.index("Deployment")
     assert kinds.index("ServiceAccount") < kinds.index("Deployment")
+
+
+KEDA_SPEC = {"enabled": True, "engine": "keda", "keda": {"serverAddress": "http://prometheus:9090"}}
+
+
+async def test_keda_not_installed_is_reported_without_writing_children() -> None:
+    cluster = cluster_with({**BODY["spec"], "autoscaling": KEDA_SPEC})
+    result = await run(cluster)
+    degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "MissingAPI")
+    assert "keda.sh/v1alpha1 ScaledObject" in degraded["message"]
+    assert [w for w in cluster.writes if w[0] != "status"] == []
+    assert result.requeue_after is not None  # retried: KEDA may be installed later
+    # Once KEDA is there, the ScaledObject is created and the problem clears.
+    cluster.served_kinds.add(("keda.sh/v1alpha1", "ScaledObject"))
+    result = await run(cluster)
+    assert cluster.find("ScaledObject", "demo-core") is not None
+    assert cluster.find("HorizontalPodAutoscaler", "demo-core") is None
+    degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "False"

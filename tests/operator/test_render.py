@@ -374,3 +374,43 @@ def test_worker_policy_matches_the_account_names() -> None:
     assert WORKER_ACCOUNT_SUFFIX in policy["spec"]["matchConditions"][0]["expression"]
     assert any(DELETION_COST in v["expression"] for v in policy["spec"]["validations"])
     assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+
+
+KEDA = {"serverAddress": "http://prometheus.monitoring:9090"}
+
+
+def test_keda_engine_renders_a_scaled_object_instead_of_the_hpa(make_body: Make) -> None:
+    core = {"image": "x", "maxConcurrentCalls": 7}
+    autoscaling = {"enabled": True, "engine": "keda", "keda": KEDA, "targetCpuUtilization": 60}
+    objs = manifests(make_body(core=core, autoscaling=autoscaling))
+    assert ("HorizontalPodAutoscaler", "demo-core") not in objs
+    assert "replicas" not in objs["Deployment", "demo-core"]["spec"]
+    so = objs["ScaledObject", "demo-core"]
+    assert so["apiVersion"] == "keda.sh/v1alpha1"
+    spec = so["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "demo-core"}
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (3, 10)
+    prometheus, cpu = spec["triggers"]
+    assert prometheus["type"] == "prometheus" and prometheus["metricType"] == "AverageValue"
+    # The same per-pod target as the HPA's (7 x 0.7), as a plain number.
+    assert prometheus["metadata"] == {
+        "serverAddress": "http://prometheus.monitoring:9090",
+        "query": 'sum(avr_queue_length{namespace="calls",pod=~"demo-core-[a-z0-9]+-[a-z0-9]+"})',
+        "threshold": "4.9",
+    }
+    assert cpu == {"type": "cpu", "metricType": "Utilization", "metadata": {"value": "60"}}
+    assert (
+        spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    )
+
+
+def test_keda_query_and_explicit_target(make_body: Make) -> None:
+    keda = {**KEDA, "query": "sum(my_queue)"}
+    autoscaling = {"enabled": True, "engine": "keda", "keda": keda, "targetQueueLength": "2500m"}
+    trigger = manifests(make_body(autoscaling=autoscaling))["ScaledObject", "demo-core"]["spec"]["triggers"][0]
+    assert trigger["metadata"]["query"] == "sum(my_queue)" and trigger["metadata"]["threshold"] == "2.5"
+
+
+def test_no_scaled_object_unless_asked(make_body: Make) -> None:
+    for autoscaling in ({"enabled": True}, {"enabled": False, "engine": "keda", "keda": KEDA}):
+        assert not any(kind == "ScaledObject" for kind, _ in manifests(make_body(autoscaling=autoscaling)))

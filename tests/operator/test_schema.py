@@ -166,6 +166,7 @@ def test_cross_field_rules_are_present() -> None:
     assert "has(self.sts)" in by_path[".spec.providers"][0]
     assert by_path[".spec.autoscaling"] == [
         "self.minReplicas <= self.maxReplicas",
+        "self.engine == 'keda' ? has(self.keda) : !has(self.keda)",
         "!(has(self.targetQueueLength) && has(self.targetUtilization))",
     ]
     assert len(by_path[".spec.core.drain"]) == 4 and len(by_path[".spec.core.logging"]) == 1

@@ -227,6 +227,7 @@ NAMESPACED_RULES = [
     ("", ["pods"], ["get", "patch"]),  # granted to the core workers' Role: RBAC needs the grantor to hold it
     ("apps", ["deployments"], ["get", "list", "watch", "create", "patch", "delete"]),
     ("autoscaling", ["horizontalpodautoscalers"], ["get", "list", "watch", "create", "patch", "delete"]),
+    ("keda.sh", ["scaledobjects"], ["get", "list", "watch", "create", "patch", "delete"]),
     ("policy", ["poddisruptionbudgets"], ["get", "list", "watch", "create", "patch", "delete"]),
     ("", ["secrets"], ["get"]),
     ("", ["events"], ["create"]),

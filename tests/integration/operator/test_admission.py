@@ -196,6 +196,10 @@ INVALID = [
     Invalid(
         "utilization-above-one", at("spec.autoscaling.targetUtilization", 1.2), "spec.autoscaling.targetUtilization"
     ),
+    Invalid("keda-without-its-block", at("spec.autoscaling.engine", "keda"), "spec.autoscaling.keda"),
+    Invalid(
+        "keda-block-with-hpa", at("spec.autoscaling.keda", {"serverAddress": "http://p:9090"}), "spec.autoscaling.keda"
+    ),
     Invalid("rotation-without-file", at("spec.core.logging.rotation", "10MB"), "spec.core.logging.rotation"),
     Invalid("log-file-in-root", at("spec.core.logging.file", "/worker.log"), "spec.core.logging.file"),
     Invalid(

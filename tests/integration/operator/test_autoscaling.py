@@ -17,8 +17,12 @@ from tests.integration.operator.helpers import (
     Obj,
     OperatorEnv,
     as_dict,
+    children,
+    condition,
     create,
     example,
+    get,
+    minimal,
     patch,
     pod_names,
     wait_ready,
@@ -132,3 +136,29 @@ def test_hpa_scales_the_core_on_queue_length_and_the_operator_leaves_it(operated
     writes = local.audit.writes(mark, namespace=ns, resource="deployments", name=deployment)
     assert any(w.username == HPA_USER and w.subresource == "scale" for w in writes), writes
     assert [w for w in writes if w.username == env.operator.username] == []
+
+
+def test_keda_engine_without_keda_reports_degraded_and_writes_nothing(operated: OperatorEnv) -> None:
+    """The control plane has no keda.sh API: the resource says so in its status; no child, no crash loop."""
+    env = operated
+    api, ns = env.api, env.namespace
+    keda = {"enabled": True, "engine": "keda", "keda": {"serverAddress": "http://prometheus:9090"}}
+    create(api, ns, minimal("keda", autoscaling=keda))
+
+    last: Obj = {}
+
+    def degraded() -> Obj | None:
+        obj = last["obj"] = get(api, ns, "keda")
+        found = condition(obj, "Degraded")
+        return obj if found.get("reason") == "MissingAPI" and found.get("status") == "True" else None
+
+    try:
+        obj = eventually(degraded, timeout=60, what="Degraded MissingAPI")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}: {last.get('obj', {}).get('status')}\n{env.operator.log()}") from None
+    assert obj is not None
+    assert "keda.sh/v1alpha1 ScaledObject" in condition(obj, "Degraded")["message"]
+    assert children(api, ns, "keda") == []
+    # Still running and re-checking, not crashing.
+    env.operator.wait_reconciles(1, timeout=60)
+    assert env.operator.popen is not None and env.operator.popen.poll() is None
