@@ -44,7 +44,9 @@ EXISTING_ENV = "USE_EXISTING_CLUSTER"
 STEPS = 7
 PLACEHOLDER = "demo-placeholder"
 # Worker settings that would reach beyond this machine (the example's webhook endpoint).
-REMOTE_SETTINGS = ("WEBHOOK_URL", "WEBHOOK_SECRET")
+#: What only works inside the cluster: the webhook, the pod's own deletion cost (its name comes from the downward API),
+#: the peers' Service.
+REMOTE_SETTINGS = ("WEBHOOK_URL", "WEBHOOK_SECRET", "POD_DELETION_COST", "PEER_SERVICE")
 SHOWN_METRICS = ("avr_calls_started_total", "avr_calls_ended_total", "avr_frames_out_total")
 
 
@@ -96,7 +98,8 @@ def worker_env(
 ) -> dict[str, str]:
     """The local worker's environment: the core's ConfigMap, pointed at local ports and the local provider.
 
-    Settings that would reach other machines (the webhook) are dropped; logs are plain text, warnings only.
+    Settings that would reach other machines or the cluster (REMOTE_SETTINGS) are dropped; logs are plain text on
+    stdout, warnings only.
     """
     env = {k: v for k, v in base.items() if k.upper() not in settings and k.upper() not in REMOTE_SETTINGS}
     env |= {k: v for k, v in settings.items() if k.upper() not in REMOTE_SETTINGS}
@@ -109,6 +112,7 @@ def worker_env(
         "LOG_LEVEL": "warning",
     }
     env.pop("LOG_FILE", None)
+    env.pop("LOG_ROTATION", None)  # it rotates LOG_FILE only
     return env
 
 

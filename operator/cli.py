@@ -1,4 +1,4 @@
-"""Command line: `run` the operator, print the `crd`, or `render` the manifests of a resource offline."""
+"""Command line: `run` the operator, print the `crd` or the worker `policy`, or `render` a resource offline."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from avr_operator.api.crd import crd_yaml, to_yaml
 from avr_operator.api.resource import AVRDeployment, InvalidResourceError
 from avr_operator.constants import KIND
 from avr_operator.render.bundle import render
+from avr_operator.render.policy import policy_yaml
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition YAML")
     crd.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
 
+    pol = sub.add_parser("policy", help="print the core workers' admission policy (the chart installs it)")
+    pol.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+
     rend = sub.add_parser("render", help="print the manifests one AVRDeployment produces (no cluster needed)")
     rend.add_argument("-f", "--filename", required=True, help="YAML file with AVRDeployment(s); '-' for stdin")
     rend.add_argument("--namespace", default="default", help="namespace of objects that set none")
@@ -80,6 +84,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.output.write_text(crd_yaml())
         else:
             sys.stdout.write(crd_yaml())
+    elif args.command == "policy":
+        if args.output:
+            args.output.write_text(policy_yaml())
+        else:
+            sys.stdout.write(policy_yaml())
     elif args.command == "render":
         try:
             sys.stdout.write(_render(args.filename, args.namespace))

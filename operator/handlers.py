@@ -26,11 +26,16 @@ DEFAULT_RESYNC_SECONDS = 300.0
 IDLE_WORKER_SECONDS = 0.5
 
 CHILD_RESOURCES = (
+    ("", "v1", "serviceaccounts"),
+    ("rbac.authorization.k8s.io", "v1", "roles"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
     ("", "v1", "configmaps"),
     ("", "v1", "services"),
     ("apps", "v1", "deployments"),
     ("policy", "v1", "poddisruptionbudgets"),
     ("autoscaling", "v2", "horizontalpodautoscalers"),
+    # Watched once KEDA's CRD exists (kopf notices CRDs appearing); without it, nothing to watch.
+    ("keda.sh", "v1alpha1", "scaledobjects"),
 )
 
 

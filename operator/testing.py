@@ -31,6 +31,8 @@ class FakeCluster:
         self.reject_kinds: set[str] = set()
         # Objects whose apply is refused until a merge patch replaced them (a list entry of another manager).
         self.clashing: set[Key] = set()
+        # Kinds of optional APIs (add-ons) this cluster serves.
+        self.served_kinds: set[tuple[str, str]] = set()
 
     # --- test helpers -----------------------------------------------------------------------------------
     def add(self, obj: Obj) -> Obj:
@@ -57,6 +59,9 @@ class FakeCluster:
         obj = self.objects.get((api_version, kind, namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
 
+    async def served(self, api_version: str, kind: str) -> bool:
+        return api_version.count(".") == 0 or "k8s.io" in api_version or (api_version, kind) in self.served_kinds
+
     async def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[Obj]:
         wanted = dict(part.split("=", 1) for part in label_selector.split(","))
         return [
@@ -69,6 +74,11 @@ class FakeCluster:
     async def apply(self, manifest: Obj, *, field_manager: str, dry_run: bool = False) -> Obj:
         if manifest["kind"] in self.reject_kinds:
             raise ApiError(422, f"{manifest['kind']} is invalid: admission refused it")
+        if manifest["kind"] == "RoleBinding":
+            # As for a writer without cluster-admin: the roleRef is resolved to check escalation.
+            role = (manifest["apiVersion"], "Role", manifest["metadata"]["namespace"], manifest["roleRef"]["name"])
+            if role not in self.objects:
+                raise ApiError(404, f'roles.rbac.authorization.k8s.io "{role[3]}" not found')
         if key_of(manifest) in self.clashing:
             raise ApiError(422, f"{manifest['kind']} is invalid: spec.ports[2].name: Duplicate value")
         live = self.objects.get(key_of(manifest))

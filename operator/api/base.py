@@ -16,11 +16,24 @@ from pydantic_core import CoreSchema
 
 
 class Rule(NamedTuple):
-    """A cross-field rule: `cel` for the API server's `x-kubernetes-validations`, `holds` for Python."""
+    """A cross-field rule: `cel` for the API server's `x-kubernetes-validations`, `holds` for Python.
+
+    `field` names the offending field (relative to the model, e.g. "timeoutSeconds"): the API server then reports
+    the error at that field's path (`fieldPath`), and Python prefixes the message with it, so both name the field
+    to change rather than only the object holding it.
+    """
 
     cel: str
     message: str
     holds: Callable[[Any], bool]
+    field: str | None = None
+
+
+def _validation(rule: Rule) -> dict[str, str]:
+    out = {"rule": rule.cel, "message": rule.message}
+    if rule.field:
+        out["fieldPath"] = f".{rule.field}"
+    return out
 
 
 class ApiModel(BaseModel):
@@ -37,7 +50,7 @@ class ApiModel(BaseModel):
     def _check_rules(self) -> Self:
         for rule in type(self).rules:
             if not rule.holds(self):
-                raise ValueError(rule.message)
+                raise ValueError(f"{rule.field}: {rule.message}" if rule.field else rule.message)
         return self
 
     @classmethod
@@ -45,7 +58,7 @@ class ApiModel(BaseModel):
         schema = handler(core_schema)
         target = handler.resolve_ref_schema(schema)
         if cls.rules:
-            target["x-kubernetes-validations"] = [{"rule": r.cel, "message": r.message} for r in cls.rules]
+            target["x-kubernetes-validations"] = [_validation(r) for r in cls.rules]
         return schema
 
     def dump(self) -> dict[str, Any]:

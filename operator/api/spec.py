@@ -86,35 +86,91 @@ class CacheSpec(ApiModel):
 
 
 class RateLimitSpec(ApiModel):
-    """Requests allowed per client and window."""
+    """Requests allowed per window: per caller, and per source address (a PBX carries many callers)."""
 
-    requests: int = Field(100, ge=1, le=1_000_000, description="Requests per window and client (RATE_LIMIT).")
+    requests: int = Field(100, ge=1, le=1_000_000, description="Requests per window and caller (RATE_LIMIT).")
+    source_requests: int = Field(
+        3000,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "New calls and requests per window from one source address, e.g. one PBX carrying many callers "
+            "(SOURCE_RATE_LIMIT)."
+        ),
+    )
     window_seconds: int = Field(60, ge=1, le=86400, description="Length of the window in seconds (RATE_WINDOW).")
 
 
 class LoggingSpec(ApiModel):
-    """Worker logs."""
+    """Worker logs: on the container's output unless `file` is set (rotation only means something for a file)."""
 
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level (LOG_LEVEL).")
     format: Literal["json", "text"] = Field("json", description="Log line format (LOG_FORMAT).")
-    rotation: str = Field(
-        "100MB",
+    file: str | None = Field(
+        None,
+        max_length=256,
+        pattern=r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]*){2,}$",  # a file in a directory of its own
+        description=(
+            "Absolute path of a log file instead of the container's output, e.g. /var/log/avr/worker.log "
+            "(LOG_FILE); an emptyDir is mounted at its directory, which must not be the root. "
+            "Unset: logs go to the container's output."
+        ),
+    )
+    rotation: str | None = Field(
+        None,
         max_length=16,
         pattern=r"^[0-9]+(\.[0-9]+)?([KMGkmg][iI]?[bB]?|[bB])?$",
-        description="Size at which a log file rotates, e.g. 100MB or 512KiB (LOG_ROTATION).",
+        description=(
+            "Size at which the log file rotates, e.g. 100MB or 512KiB (LOG_ROTATION; the worker's default is "
+            "100MB). Needs file."
+        ),
+    )
+
+    rules = (
+        Rule(
+            "!has(self.rotation) || has(self.file)",
+            "rotation needs file: logs on the container's output do not rotate",
+            lambda s: s.rotation is None or s.file is not None,
+            field="rotation",
+        ),
     )
 
 
-class DrainSpec(ApiModel):
-    """How a terminating core pod lets live calls finish."""
+#: Drain time of mode deadline when timeoutSeconds is unset.
+DEFAULT_DRAIN_TIMEOUT = 300
 
-    timeout_seconds: int = Field(
-        300,
+
+class DrainSpec(ApiModel):
+    """How a terminating core pod lets live calls finish.
+
+    Two modes, each with one limit: `deadline` cuts the calls still live after timeoutSeconds (and the grace
+    period follows from it), `until_empty` never cuts a call and the pod's terminationGracePeriodSeconds is the
+    only limit. A field of the other mode would do nothing, so it is refused rather than ignored.
+    """
+
+    mode: Literal["deadline", "until_empty"] = Field(
+        "deadline",
+        description=(
+            "deadline: live calls get timeoutSeconds after SIGTERM, then the rest are cut; until_empty: the pod "
+            "waits until no call is live, terminationGracePeriodSeconds being the only limit (DRAIN_MODE)."
+        ),
+    )
+    timeout_seconds: int | None = Field(
+        None,
         ge=0,
         le=86400,
         description=(
-            "Seconds live calls may continue after SIGTERM (DRAIN_TIMEOUT). The pod's "
-            "terminationGracePeriodSeconds is preStopSeconds + timeoutSeconds + a 15 s margin."
+            "Mode deadline only: seconds live calls may continue after SIGTERM, 300 when unset (DRAIN_TIMEOUT). "
+            "The pod's terminationGracePeriodSeconds is then preStopSeconds + timeoutSeconds + a 15 s margin."
+        ),
+    )
+    termination_grace_period_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=86400,
+        description=(
+            "Mode until_empty only (and required there): the pod's terminationGracePeriodSeconds, the longest "
+            "a terminating pod may wait for its calls to end, preStopSeconds included."
         ),
     )
     pre_stop_seconds: int = Field(
@@ -124,6 +180,56 @@ class DrainSpec(ApiModel):
         description=(
             "Sleep before SIGTERM so the pod leaves the Service endpoints first (sleep lifecycle action, "
             "Kubernetes >= 1.30); 0 disables the hook."
+        ),
+    )
+
+    rules = (
+        Rule(
+            "!has(self.timeoutSeconds) || self.mode == 'deadline'",
+            "timeoutSeconds is only used with mode deadline; with until_empty no call is cut and "
+            "terminationGracePeriodSeconds is the only limit",
+            lambda s: s.timeout_seconds is None or s.mode == "deadline",
+            field="timeoutSeconds",
+        ),
+        Rule(
+            "!has(self.terminationGracePeriodSeconds) || self.mode == 'until_empty'",
+            "terminationGracePeriodSeconds is only set with mode until_empty; with deadline it is "
+            "preStopSeconds + timeoutSeconds + 15",
+            lambda s: s.termination_grace_period_seconds is None or s.mode == "until_empty",
+            field="terminationGracePeriodSeconds",
+        ),
+        Rule(
+            "self.mode != 'until_empty' || has(self.terminationGracePeriodSeconds)",
+            "mode until_empty needs terminationGracePeriodSeconds (the only limit on the drain)",
+            lambda s: s.mode != "until_empty" or s.termination_grace_period_seconds is not None,
+            field="terminationGracePeriodSeconds",
+        ),
+        Rule(
+            "!has(self.terminationGracePeriodSeconds) || self.terminationGracePeriodSeconds > self.preStopSeconds",
+            "terminationGracePeriodSeconds must exceed preStopSeconds (the preStop sleep counts against it)",
+            lambda s: (
+                s.termination_grace_period_seconds is None or s.termination_grace_period_seconds > s.pre_stop_seconds
+            ),
+            field="terminationGracePeriodSeconds",
+        ),
+    )
+
+    @property
+    def timeout(self) -> int:
+        """DRAIN_TIMEOUT of mode deadline."""
+        return DEFAULT_DRAIN_TIMEOUT if self.timeout_seconds is None else self.timeout_seconds
+
+
+class ScaleInSpec(ApiModel):
+    """How scale-in picks the pods to remove."""
+
+    deletion_cost: bool = Field(
+        True,
+        description=(
+            "Each worker sets its own pod's controller.kubernetes.io/pod-deletion-cost to its live call count "
+            "(POD_DELETION_COST), so scaling in removes the pods with the fewest calls first. Gives the core "
+            "pods a ServiceAccount <name>-avr-worker with a Role to get and patch pods, narrowed to their own "
+            "pod's annotation by the chart's admission policy."
         ),
     )
 
@@ -186,6 +292,7 @@ class CoreSpec(ApiModel):
     )
     logging: LoggingSpec = sub(LoggingSpec, "Logging.")
     drain: DrainSpec = sub(DrainSpec, "Call draining on shutdown.")
+    scale_in: ScaleInSpec = sub(ScaleInSpec, "Which pods go first when the core scales in.")
     webhook: WebhookSpec | None = Field(None, description="Call event webhook; unset disables it.")
     ports: PortsSpec = sub(PortsSpec, "Listening ports.")
     env: tuple[EnvVar, ...] = env_field("core")
@@ -355,22 +462,76 @@ class BehaviorSpec(ApiModel):
     )
 
 
+class KedaSpec(ApiModel):
+    """Where KEDA's Prometheus scaler reads the core's queue (engine keda)."""
+
+    server_address: str = Field(
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Prometheus server KEDA queries, e.g. http://prometheus.monitoring:9090.",
+    )
+    query: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description=(
+            "PromQL giving the core's total avr_queue_length; default "
+            'sum(avr_queue_length{namespace="<namespace>",pod=~"<name>-core-<hash>-<id>"}). KEDA divides it by '
+            "the per-pod target."
+        ),
+    )
+
+
 class AutoscalingSpec(ApiModel):
     """Horizontal autoscaling of the core on its call queue (`avr_queue_length`) and optionally CPU."""
 
     enabled: bool = Field(False, description="Create a HorizontalPodAutoscaler; it then owns the core's replicas.")
     min_replicas: int = Field(3, ge=1, le=1000, description="Fewest core pods.")
     max_replicas: int = Field(10, ge=1, le=1000, description="Most core pods.")
-    target_queue_length: Quantity = Field(
-        5,
-        description=("Target average of the Pods metric avr_queue_length per pod (needs a custom metrics adapter)."),
+    target_utilization: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "Target share of core.maxConcurrentCalls in use per pod, 0.7 when unset: the autoscaler aims at an "
+            "average avr_queue_length (calls in progress plus calls waiting) of maxConcurrentCalls x this."
+        ),
+    )
+    target_queue_length: Quantity | None = Field(
+        None,
+        description=(
+            "Explicit target average of the Pods metric avr_queue_length per pod, instead of targetUtilization "
+            "(needs a custom metrics adapter)."
+        ),
     )
     target_cpu_utilization: int | None = Field(
         None, ge=1, le=100, description="Optional target average CPU use, % of requests."
     )
     behavior: BehaviorSpec = sub(BehaviorSpec, "Scale-up and scale-down speed.")
+    engine: Literal["hpa", "keda"] = Field(
+        "hpa",
+        description=(
+            "hpa: an autoscaling/v2 HorizontalPodAutoscaler on the Pods metric (needs a custom metrics adapter); "
+            "keda: a KEDA ScaledObject (keda.sh/v1alpha1) querying Prometheus, same target (needs KEDA)."
+        ),
+    )
+    keda: KedaSpec | None = Field(None, description="KEDA's Prometheus scaler; required with engine keda.")
 
-    rules = (MIN_NOT_ABOVE_MAX,)
+    rules = (
+        MIN_NOT_ABOVE_MAX,
+        Rule(
+            "self.engine == 'keda' ? has(self.keda) : !has(self.keda)",
+            "keda is required with engine keda, and only used with it",
+            lambda s: (s.keda is not None) == (s.engine == "keda"),
+            field="keda",
+        ),
+        Rule(
+            "!(has(self.targetQueueLength) && has(self.targetUtilization))",
+            "set targetQueueLength or targetUtilization, not both",
+            lambda s: s.target_queue_length is None or s.target_utilization is None,
+            field="targetQueueLength",
+        ),
+    )
 
 
 class RolloutSpec(ApiModel):

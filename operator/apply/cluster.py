@@ -27,6 +27,9 @@ class Cluster(Protocol):
 
     async def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[Obj]: ...
 
+    async def served(self, api_version: str, kind: str) -> bool:
+        """Whether the API server serves this kind (e.g. KEDA's ScaledObject, only once KEDA is installed)."""
+
     async def apply(self, manifest: Obj, *, field_manager: str, dry_run: bool = False) -> Obj:
         """Server-side apply with force (the operator is the authority on the fields it sets)."""
 

@@ -22,12 +22,16 @@ from avr_operator.constants import KIND, PLURAL
 THREADS = 24  # concurrent requests to the API server
 
 PLURALS = {
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
     "ConfigMap": "configmaps",
     "Secret": "secrets",
     "Service": "services",
     "Deployment": "deployments",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "ScaledObject": "scaledobjects",
     KIND: PLURAL,
 }
 
@@ -77,7 +81,10 @@ class KubeCluster:
         )
         response = self._api.call_api(*request, _request_timeout=self._timeout)
         response.read()
-        data = json.loads(response.data or b"{}")
+        try:
+            data = json.loads(response.data or b"{}")
+        except ValueError:  # a plain-text error, e.g. "404 page not found" for an API group nobody serves
+            data = {"message": (response.data or b"").decode(errors="replace").strip()}
         if response.status == 404:
             raise NotFoundError(str(data.get("message", "not found")))
         if not 200 <= response.status < 300:
@@ -94,6 +101,14 @@ class KubeCluster:
             return await self._request("GET", resource_path(api_version, kind, namespace, name))
         except NotFoundError:
             return None
+
+    async def served(self, api_version: str, kind: str) -> bool:
+        base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        try:
+            found = await self._request("GET", base)
+        except NotFoundError:
+            return False
+        return any(r.get("kind") == kind for r in found.get("resources") or [])
 
     async def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[Obj]:
         data = await self._request(

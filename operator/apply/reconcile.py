@@ -21,7 +21,7 @@ from avr_operator.apply.cluster import ApiError, Cluster, Obj
 from avr_operator.apply.preconditions import missing_references
 from avr_operator.apply.ssa import execute, plan, prune
 from avr_operator.constants import API_VERSION, KIND
-from avr_operator.render.bundle import CHILD_KINDS, key, render
+from avr_operator.render.bundle import CHILD_KINDS, OPTIONAL_KINDS, key, render
 from avr_operator.render.components import components
 from avr_operator.render.names import owned_selector
 from avr_operator.render.references import references
@@ -95,6 +95,15 @@ async def _realise(cluster: Cluster, cache: ChildCache, res: AVRDeployment) -> t
     if problems:
         return 0, problems
     manifests = render(res)
+    unserved = [
+        f"{m['apiVersion']} {m['kind']}"
+        for m in manifests
+        if (m["apiVersion"], m["kind"]) in OPTIONAL_KINDS and not await cluster.served(m["apiVersion"], m["kind"])
+    ]
+    if unserved:
+        # Reported, retried every RETRY_SECONDS (the add-on may be installed later); nothing half-applied.
+        message = f"the cluster does not serve {', '.join(unserved)}: install KEDA, or set autoscaling.engine: hpa"
+        return 0, [Problem("MissingAPI", message)]
     try:
         todo = await plan(cluster, manifests, cache)
     except ApiError as exc:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar, cast
 
 from avr_operator import metrics
 from avr_operator.apply.cache import ChildCache, child_key
-from avr_operator.apply.cluster import ApiError, Cluster, Obj
+from avr_operator.apply.cluster import ApiError, Cluster, NotFoundError, Obj
 from avr_operator.constants import ANNOTATION_SPEC_HASH, API_VERSION, FIELD_MANAGER, KIND
 
 # Field manager used once to keep spec.replicas when the HPA takes over (see `needs_handover`).
@@ -25,6 +25,12 @@ HANDOVER_MANAGER = f"{FIELD_MANAGER}-handover"
 REPAIR_MANAGER = f"{FIELD_MANAGER}-repair"
 _VOLATILE_META = ("managedFields", "resourceVersion")
 T = TypeVar("T")
+# A new RoleBinding cannot be dry-run before its Role exists: the API server resolves the roleRef to check that
+# the operator holds what it grants (RBAC escalation prevention), and the Role is only created by this very
+# plan. Its own content is fixed by the renderer; the Role it references is dry-run like everything else.
+_UNPREVIEWABLE = frozenset({"RoleBinding"})
+# Written before everything else: what other children refer to (a RoleBinding its Role, pods their account).
+_FIRST_KINDS = frozenset({"ServiceAccount", "Role"})
 
 
 def spec_hash(manifest: Obj) -> str:
@@ -98,6 +104,8 @@ async def _check(cluster: Cluster, cache: ChildCache, manifest: Obj) -> _Change 
     live = await cluster.get(*key)
     if live is None:
         cache.remove(key)
+        if desired["kind"] in _UNPREVIEWABLE:
+            return _Change(desired)
     elif is_subset(desired, live):
         cache.verify(key, wanted, live)
         return None
@@ -152,7 +160,8 @@ async def _apply(cluster: Cluster, cache: ChildCache, desired: Obj) -> None:
 
 
 async def execute(cluster: Cluster, todo: Plan, cache: ChildCache | None = None) -> int:
-    """Write the plan: handovers and repairs first, then configuration, then the Deployments that read it."""
+    """Write the plan: handovers and repairs first, then the workers' account and Role, then configuration (and
+    the RoleBinding), then the Deployments that read it."""
     cache = cache if cache is not None else ChildCache()
     for live in todo.handovers:
         meta = live["metadata"]
@@ -167,9 +176,10 @@ async def execute(cluster: Cluster, todo: Plan, cache: ChildCache | None = None)
     for desired in todo.repairs:
         await cluster.merge_patch(desired, field_manager=REPAIR_MANAGER)
         metrics.WRITES.labels(desired["kind"], "apply").inc()
-    first = [d for d in todo.writes if d["kind"] != "Deployment"]
+    first = [d for d in todo.writes if d["kind"] in _FIRST_KINDS]
+    second = [d for d in todo.writes if d["kind"] not in _FIRST_KINDS and d["kind"] != "Deployment"]
     then = [d for d in todo.writes if d["kind"] == "Deployment"]
-    for wave in (first, then):
+    for wave in (first, second, then):
         await _gather(_apply(cluster, cache, d) for d in wave)
     return len(todo.writes) + len(todo.handovers) + len(todo.repairs)
 
@@ -202,7 +212,11 @@ async def prune(
         found = [f for f in found if f[:2] in kinds]
     else:
         for api_version, kind in kinds:
-            for obj in await cluster.list(api_version, kind, namespace, selector):
+            try:
+                listed = await cluster.list(api_version, kind, namespace, selector)
+            except NotFoundError:  # an optional API the cluster does not serve: nothing of that kind exists
+                continue
+            for obj in listed:
                 if _owned_by(obj, owner_uid):
                     found.append((api_version, kind, obj["metadata"]["name"], obj["metadata"]["uid"]))
     deleted = 0

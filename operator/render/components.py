@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from avr_operator.api.resource import AVRDeployment
 from avr_operator.api.spec import CoreSpec, ProviderSpec
-from avr_operator.render.names import CORE, child_name
+from avr_operator.render.names import CORE, PEERS, child_name, worker_account
 
 # Seconds added to the drain time so the kubelet never kills a pod that is still finishing cleanly.
 GRACE_MARGIN_SECONDS = 15
+
+# Share of maxConcurrentCalls the core's autoscaler aims at per pod when the spec sets no target: room for a
+# burst while new pods start, before /ready fails at capacity.
+DEFAULT_TARGET_UTILIZATION = 0.7
+QUEUE_METRIC = "avr_queue_length"
 
 # Path on each provider's Service the core calls (AVR's HTTP streaming providers; STS is a WebSocket root).
 PROVIDER_URLS = {
@@ -35,6 +42,18 @@ class Autoscaling:
     max_replicas: int
     metrics: list[dict[str, Any]]
     behavior: dict[str, Any] | None = None
+    # With engine keda: a ScaledObject instead of the HPA (KEDA then creates and owns the HPA).
+    keda: KedaTrigger | None = None
+
+
+@dataclass(frozen=True)
+class KedaTrigger:
+    """KEDA's Prometheus scaler: the query's value divided by `threshold` gives the replicas."""
+
+    server_address: str
+    query: str
+    threshold: str
+    cpu_utilization: int | None
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,10 @@ class Component:
     http_probes: bool
     autoscaling: Autoscaling | None
     pod_annotations: dict[str, str] = field(default_factory=dict)
+    # Directory of the log file (LOG_FILE), mounted as an emptyDir on the read-only root filesystem.
+    log_dir: str | None = None
+    # ServiceAccount whose token the pod mounts (None: the default account, no token).
+    service_account: str | None = None
 
     @property
     def config_hash(self) -> str:
@@ -88,13 +111,23 @@ def core_config(owner: AVRDeployment) -> dict[str, str]:
         "CACHE_MAX_SIZE": core.cache.max_size,
         "CACHE_TTL": core.cache.ttl_seconds,
         "RATE_LIMIT": core.rate_limit.requests,
+        "SOURCE_RATE_LIMIT": core.rate_limit.source_requests,
         "RATE_WINDOW": core.rate_limit.window_seconds,
         "MAX_CONCURRENT_CALLS": core.max_concurrent_calls,
         "LOG_LEVEL": core.logging.level,
         "LOG_FORMAT": core.logging.format,
-        "LOG_ROTATION": core.logging.rotation,
-        "DRAIN_TIMEOUT": core.drain.timeout_seconds,
+        "DRAIN_MODE": core.drain.mode,
+        "PEER_SERVICE": peer_service_host(owner),
     }
+    # Only knobs that act: rotation means nothing without a file, the deadline nothing when waiting until empty.
+    if core.logging.file is not None:
+        env["LOG_FILE"] = core.logging.file
+        if core.logging.rotation is not None:
+            env["LOG_ROTATION"] = core.logging.rotation
+    if core.drain.mode == "deadline":
+        env["DRAIN_TIMEOUT"] = core.drain.timeout
+    if core.scale_in.deletion_cost:
+        env["POD_DELETION_COST"] = "true"
     for role, provider in owner.spec.providers.items():
         var, url = provider_url(owner, role, provider.port)
         env[var] = url
@@ -105,12 +138,71 @@ def core_config(owner: AVRDeployment) -> dict[str, str]:
     return {k: str(v) for k, v in env.items()}
 
 
+def peer_service_host(owner: AVRDeployment) -> str:
+    """DNS name of the headless Service listing the ready core pods, which ask each other for call metadata."""
+    return f"{child_name(owner, PEERS)}.{owner.namespace}.svc"
+
+
+def queue_target(owner: AVRDeployment) -> str:
+    """Per-pod target of avr_queue_length, as a quantity: explicit, or maxConcurrentCalls x targetUtilization.
+
+    Milli-units keep a fractional target exact (7 calls x 0.7 = 4900m) without float noise in the manifest.
+    """
+    a = owner.spec.autoscaling
+    if a.target_queue_length is not None:
+        return str(a.target_queue_length)
+    share = DEFAULT_TARGET_UTILIZATION if a.target_utilization is None else a.target_utilization
+    milli = max(1, round(owner.spec.core.max_concurrent_calls * share * 1000))
+    return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
+
+
+_SUFFIXES = {"m": "0.001", "k": "1e3", "M": "1e6", "G": "1e9", "T": "1e12", "P": "1e15", "E": "1e18",
+             "Ki": "1024", "Mi": "1048576", "Gi": "1073741824", "Ti": "1099511627776"}  # fmt: skip
+
+
+def quantity_decimal(quantity: str) -> str:
+    """A Kubernetes quantity as a plain decimal (KEDA's threshold is a float, not a quantity): 4900m -> 4.9."""
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if quantity.endswith(suffix) and quantity[: -len(suffix)]:
+            value = Decimal(quantity[: -len(suffix)]) * Decimal(_SUFFIXES[suffix])
+            break
+    else:
+        value = Decimal(quantity)
+    text = format(value.normalize(), "f")
+    return text
+
+
+def default_keda_query(owner: AVRDeployment) -> str:
+    """The core's calls in the system, summed over its pods (`<deployment>-<replicaset hash>-<id>`)."""
+    pods = f"{child_name(owner, CORE)}-[a-z0-9]+-[a-z0-9]+"
+    return f'sum({QUEUE_METRIC}{{namespace="{owner.namespace}",pod=~"{pods}"}})'
+
+
+def _grace_seconds(core: CoreSpec) -> int:
+    """The user's limit when draining until empty; else preStop + deadline + margin."""
+    drain = core.drain
+    if drain.mode == "until_empty":
+        assert drain.termination_grace_period_seconds is not None  # the spec's rules require it
+        return drain.termination_grace_period_seconds
+    return drain.pre_stop_seconds + drain.timeout + GRACE_MARGIN_SECONDS
+
+
+# The pod's identity from the downward API: the worker patches its own pod (deletion cost) and knows itself
+# among its peers.
+DOWNWARD_ENV = (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace"))
+
+
 def _core_env(core: CoreSpec) -> list[dict[str, Any]]:
     env = [e.dump() for e in core.env]
+    given = {e["name"] for e in env}
+    generated: list[dict[str, Any]] = [
+        {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}} for name, path in DOWNWARD_ENV
+    ]
     secret = core.webhook.secret_ref if core.webhook is not None else None
-    if secret is not None and all(e["name"] != "WEBHOOK_SECRET" for e in env):
-        env.insert(0, {"name": "WEBHOOK_SECRET", "valueFrom": {"secretKeyRef": secret.dump()}})
-    return env
+    if secret is not None:
+        generated.append({"name": "WEBHOOK_SECRET", "valueFrom": {"secretKeyRef": secret.dump()}})
+    # Explicit env entries win (they are the user's override); generated ones come first.
+    return [g for g in generated if g["name"] not in given] + env
 
 
 def _core(owner: AVRDeployment) -> Component:
@@ -123,14 +215,22 @@ def _core(owner: AVRDeployment) -> Component:
             {
                 "type": "Pods",
                 "pods": {
-                    "metric": {"name": "avr_queue_length"},
-                    "target": {"type": "AverageValue", "averageValue": str(a.target_queue_length)},
+                    "metric": {"name": QUEUE_METRIC},
+                    "target": {"type": "AverageValue", "averageValue": queue_target(owner)},
                 },
             }
         ]
         if a.target_cpu_utilization is not None:
             metrics.append(_cpu_metric(a.target_cpu_utilization))
-        autoscaling = Autoscaling(a.min_replicas, a.max_replicas, metrics, a.behavior.dump())
+        keda = None
+        if a.engine == "keda" and a.keda is not None:
+            keda = KedaTrigger(
+                a.keda.server_address,
+                a.keda.query or default_keda_query(owner),
+                quantity_decimal(queue_target(owner)),
+                a.target_cpu_utilization,
+            )
+        autoscaling = Autoscaling(a.min_replicas, a.max_replicas, metrics, a.behavior.dump(), keda)
     return Component(
         role=CORE,
         name=child_name(owner, CORE),
@@ -143,7 +243,7 @@ def _core(owner: AVRDeployment) -> Component:
         env=_core_env(core),
         env_from=[e.dump() for e in core.env_from],
         pre_stop_seconds=core.drain.pre_stop_seconds,
-        grace_seconds=core.drain.pre_stop_seconds + core.drain.timeout_seconds + GRACE_MARGIN_SECONDS,
+        grace_seconds=_grace_seconds(core),
         run_as_user=core.run_as_user,
         http_probes=True,
         autoscaling=autoscaling,
@@ -152,6 +252,8 @@ def _core(owner: AVRDeployment) -> Component:
             "prometheus.io/port": str(core.ports.http),
             "prometheus.io/path": "/metrics",
         },
+        log_dir=posixpath.dirname(core.logging.file) if core.logging.file is not None else None,
+        service_account=worker_account(owner) if core.scale_in.deletion_cost else None,
     )
 
 

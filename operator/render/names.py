@@ -18,10 +18,20 @@ from avr_operator.constants import (
 )
 
 CORE = "core"
+# Suffix of the core workers' ServiceAccount (`<name>-avr-worker`). The cluster's admission policy recognises the
+# workers by it (request.userInfo.username ends with it), so it must be specific to this operator.
+WORKER_ACCOUNT_SUFFIX = "-avr-worker"
+# Suffix of the core's headless Service (`<name>-core-peers`): at most 52 + 11 = 63 characters, a DNS label.
+PEERS = "core-peers"
 
 
 def child_name(owner: AVRDeployment, component: str) -> str:
     return f"{owner.name}-{component}"
+
+
+def worker_account(owner: AVRDeployment) -> str:
+    """Name of the core pods' ServiceAccount, matched by the worker admission policy."""
+    return f"{owner.name}{WORKER_ACCOUNT_SUFFIX}"
 
 
 def selector_labels(owner: AVRDeployment, component: str) -> dict[str, str]:

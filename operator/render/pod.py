@@ -56,6 +56,8 @@ def _container(c: Component) -> dict[str, Any]:
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    if c.log_dir is not None and c.log_dir != "/tmp":
+        container["volumeMounts"].append({"name": "logs", "mountPath": c.log_dir})
     if c.env:
         container["env"] = c.env
     if c.image_pull_policy:
@@ -83,7 +85,8 @@ def pod_template(owner: AVRDeployment, c: Component) -> dict[str, Any]:
     selector = selector_labels(owner, c.role)
     spec: dict[str, Any] = {
         "terminationGracePeriodSeconds": c.grace_seconds,
-        "automountServiceAccountToken": False,
+        # Only a pod with an account of its own gets a token (bound to the pod, which the admission policy checks).
+        "automountServiceAccountToken": c.service_account is not None,
         # Service links would add *_PORT variables that could clash with the worker's own PORT settings.
         "enableServiceLinks": False,
         "securityContext": {
@@ -97,6 +100,11 @@ def pod_template(owner: AVRDeployment, c: Component) -> dict[str, Any]:
         "containers": [_container(c)],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
     }
+    if c.log_dir is not None and c.log_dir != "/tmp":
+        # The root filesystem is read-only: the log file's directory needs a writable volume of its own.
+        spec["volumes"].append({"name": "logs", "emptyDir": {}})
+    if c.service_account is not None:
+        spec["serviceAccountName"] = c.service_account
     if owner.spec.image_pull_secrets:
         spec["imagePullSecrets"] = [s.dump() for s in owner.spec.image_pull_secrets]
     return {

@@ -6,7 +6,7 @@ from typing import Any
 
 from avr_operator.api.resource import AVRDeployment
 from avr_operator.render.components import Component
-from avr_operator.render.names import CORE, metadata, selector_labels
+from avr_operator.render.names import CORE, PEERS, child_name, metadata, selector_labels
 from avr_operator.render.pod import pod_template
 
 Manifest = dict[str, Any]
@@ -61,3 +61,23 @@ def service(owner: AVRDeployment, c: Component) -> Manifest:
         if svc.annotations:
             meta["annotations"] = dict(svc.annotations)
     return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec}
+
+
+def peer_service(owner: AVRDeployment, c: Component) -> Manifest:
+    """Headless Service of the core pods (DNS returns one address per ready pod; PEER_SERVICE names it).
+
+    A call's HTTP request (/call) and its AudioSocket stream can reach different pods: kube-proxy keeps ClientIP
+    affinity per port, not per client. The worker asks its peers, found here, for metadata it lacks. Not-ready
+    pods (draining, full) are left out, the Service default.
+    """
+    http = dict(c.ports)["http"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(owner, c.role, child_name(owner, PEERS)),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector_labels(owner, c.role),
+            "ports": [{"name": "http", "port": http, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }

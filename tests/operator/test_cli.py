@@ -26,7 +26,9 @@ def test_render_prints_every_manifest(root: Path, capsys: pytest.CaptureFixture[
     main(["render", "-f", str(root / "examples" / "asr-llm-tts-local.yaml"), "--namespace", "voice"])
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
     kinds = [d["kind"] for d in docs]
-    assert kinds.count("Deployment") == 4 and kinds.count("Service") == 4 and kinds.count("ConfigMap") == 4
+    assert (
+        kinds.count("Deployment") == 4 and kinds.count("Service") == 5 and kinds.count("ConfigMap") == 4
+    )  # + the core peers
     assert {d["metadata"]["namespace"] for d in docs} == {"voice"}
 
 

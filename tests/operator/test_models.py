@@ -40,9 +40,11 @@ def test_core_defaults_follow_the_performance_guide() -> None:
     )
     assert (core.cache.max_size, core.cache.ttl_seconds) == (1000, 3600)
     assert (core.rate_limit.requests, core.rate_limit.window_seconds) == (100, 60)
-    assert (core.logging.level, core.logging.format, core.logging.rotation) == ("info", "json", "100MB")
+    assert (core.logging.level, core.logging.format) == ("info", "json")
+    assert core.logging.file is None and core.logging.rotation is None  # the container's output, no rotation
+    assert (core.rate_limit.source_requests, core.drain.mode) == (3000, "deadline")
     assert (core.ports.audio_socket, core.ports.http) == (5001, 3000)
-    assert core.drain.timeout_seconds == 300
+    assert core.drain.timeout_seconds is None and core.drain.timeout == 300
 
 
 def test_other_defaults() -> None:
@@ -79,7 +81,47 @@ def test_a_user_resources_block_replaces_the_default_as_the_api_server_would() -
         ({"core": {**CORE, "audio": {"sampleRate": 44100}}}, "Input should be"),
         ({"core": {**CORE, "audio": {"overlap": 1.0}}}, "less than 1"),
         ({"core": {**CORE, "resources": {"requests": {"cpu": "lots"}}}}, "not a Kubernetes quantity"),
-        ({"core": {**CORE, "logging": {"rotation": "huge"}}}, "should match pattern"),
+        ({"core": {**CORE, "logging": {"file": "/l/a.log", "rotation": "huge"}}}, "should match pattern"),
+        ({"core": {**CORE, "logging": {"rotation": "10MB"}}}, "rotation: rotation needs file"),
+        ({"core": {**CORE, "logging": {"file": "/worker.log"}}}, "should match pattern"),
+        ({"core": {**CORE, "logging": {"file": "relative/worker.log"}}}, "should match pattern"),
+        ({"core": {**CORE, "drain": {"mode": "until_empty"}}}, "terminationGracePeriodSeconds: mode until_empty needs"),
+        (
+            {
+                "core": {
+                    **CORE,
+                    "drain": {"mode": "until_empty", "terminationGracePeriodSeconds": 600, "timeoutSeconds": 60},
+                }
+            },
+            "timeoutSeconds: timeoutSeconds is only used with mode deadline",
+        ),
+        (
+            {"core": {**CORE, "drain": {"terminationGracePeriodSeconds": 600}}},
+            "terminationGracePeriodSeconds: terminationGracePeriodSeconds is only set with mode until_empty",
+        ),
+        (
+            {
+                "core": {
+                    **CORE,
+                    "drain": {"mode": "until_empty", "terminationGracePeriodSeconds": 5, "preStopSeconds": 5},
+                }
+            },
+            "must exceed preStopSeconds",
+        ),
+        (
+            {"core": {**CORE, "drain": {"mode": "until_empty", "terminationGracePeriodSeconds": 86401}}},
+            "less than or equal",
+        ),
+        (
+            {"autoscaling": {"targetQueueLength": 5, "targetUtilization": 0.5}},
+            "targetQueueLength: set targetQueueLength or",
+        ),
+        ({"autoscaling": {"targetUtilization": 0}}, "greater than 0"),
+        ({"autoscaling": {"engine": "keda"}}, "keda: keda is required with engine keda"),
+        ({"autoscaling": {"keda": {"serverAddress": "http://p:9090"}}}, "keda: keda is required with engine keda"),
+        ({"autoscaling": {"engine": "keda", "keda": {"serverAddress": "p:9090"}}}, "should match pattern"),
+        ({"autoscaling": {"targetUtilization": 1.5}}, "less than or equal to 1"),
+        ({"core": {**CORE, "rateLimit": {"sourceRequests": 0}}}, "greater than or equal to 1"),
         ({"core": {**CORE, "connection": {"poolSize": 0}}}, "greater than or equal to 1"),
         (
             {

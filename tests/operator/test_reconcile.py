@@ -60,14 +60,16 @@ async def test_first_reconcile_creates_every_child_and_the_second_writes_nothing
     first = await run(cluster)
     assert cluster.kinds() == [
         ("ConfigMap", "demo-core"), ("ConfigMap", "demo-sts"), ("Deployment", "demo-core"),
-        ("Deployment", "demo-sts"), ("Secret", "keys"), ("Service", "demo-core"), ("Service", "demo-sts"),
+        ("Deployment", "demo-sts"), ("Role", "demo-core"), ("RoleBinding", "demo-core"), ("Secret", "keys"),
+        ("Service", "demo-core"), ("Service", "demo-core-peers"), ("Service", "demo-sts"),
+        ("ServiceAccount", "demo-avr-worker"),
     ]  # fmt: skip
-    assert first.writes == 6 and first.status_written
+    assert first.writes == 10 and first.status_written
     cluster.reset_writes()
     second = await run(cluster)
     assert second.writes == 0 and not second.status_written
     assert cluster.writes == []
-    assert cluster.dry_runs == 6  # only the first reconcile needed previews
+    assert cluster.dry_runs == 9  # only the first reconcile needed previews (a new RoleBinding gets none)
 
 
 async def test_child_ownership_and_status() -> None:
@@ -167,7 +169,7 @@ async def test_missing_secret_degrades_without_writing_anything() -> None:
     # The Secret appears: everything is applied and the resource recovers.
     cluster.add(SECRET)
     fixed = await run(cluster)
-    assert fixed.writes == 6
+    assert fixed.writes == 10
     assert condition(cluster, "Degraded")["status"] == "False"
     assert ("Normal", "Recovered") in [(e.type, e.reason) for e in fixed.events]
 
@@ -284,3 +286,34 @@ async def test_disruption_budgets_follow_the_spec(availability: dict[str, Any]) 
     set_spec(cluster, availability={"enabled": False})
     await run(cluster)
     assert cluster.find("PodDisruptionBudget", "demo-core") is None
+
+
+async def test_the_workers_role_is_written_before_its_binding() -> None:
+    """A RoleBinding is refused while its Role does not exist (for a non-admin writer): the Role goes first."""
+    cluster = cluster_with()
+    await run(cluster)
+    applied = [name for verb, kind, name in cluster.writes if verb == "apply" and kind in ("Role", "RoleBinding")]
+    kinds = [kind for verb, kind, _ in cluster.writes if verb == "apply"]
+    assert applied == ["demo-core", "demo-core"]
+    assert kinds.index("Role") < kinds.index("RoleBinding") < kinds.index("Deployment")
+    assert kinds.index("ServiceAccount") < kinds.index("Deployment")
+
+
+KEDA_SPEC = {"enabled": True, "engine": "keda", "keda": {"serverAddress": "http://prometheus:9090"}}
+
+
+async def test_keda_not_installed_is_reported_without_writing_children() -> None:
+    cluster = cluster_with({**BODY["spec"], "autoscaling": KEDA_SPEC})
+    result = await run(cluster)
+    degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "MissingAPI")
+    assert "keda.sh/v1alpha1 ScaledObject" in degraded["message"]
+    assert [w for w in cluster.writes if w[0] != "status"] == []
+    assert result.requeue_after is not None  # retried: KEDA may be installed later
+    # Once KEDA is there, the ScaledObject is created and the problem clears.
+    cluster.served_kinds.add(("keda.sh/v1alpha1", "ScaledObject"))
+    result = await run(cluster)
+    assert cluster.find("ScaledObject", "demo-core") is not None
+    assert cluster.find("HorizontalPodAutoscaler", "demo-core") is None
+    degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "False"

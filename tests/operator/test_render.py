@@ -85,12 +85,15 @@ def test_core_config_carries_every_knob(make_body: Make) -> None:
         "CACHE_MAX_SIZE": "1000",
         "CACHE_TTL": "3600",
         "RATE_LIMIT": "100",
+        "SOURCE_RATE_LIMIT": "3000",
         "RATE_WINDOW": "60",
         "MAX_CONCURRENT_CALLS": "500",
         "LOG_LEVEL": "info",
         "LOG_FORMAT": "json",
-        "LOG_ROTATION": "100MB",
+        "DRAIN_MODE": "deadline",
         "DRAIN_TIMEOUT": "90",
+        "PEER_SERVICE": "demo-core-peers.calls.svc",
+        "POD_DELETION_COST": "true",
         "STS_URL": "ws://demo-sts:6030",
     }
     assert config == expected
@@ -104,7 +107,8 @@ def test_hpa_owns_replicas_when_autoscaling(make_body: Make) -> None:
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 10)
     pods, cpu = hpa["metrics"]
     assert pods["pods"]["metric"]["name"] == "avr_queue_length"
-    assert pods["pods"]["target"] == {"type": "AverageValue", "averageValue": "5"}
+    # 0.7 of maxConcurrentCalls (500) per pod by default.
+    assert pods["pods"]["target"] == {"type": "AverageValue", "averageValue": "350"}
     assert cpu["resource"]["target"] == {"type": "Utilization", "averageUtilization": 60}
     assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
     # The provider is not autoscaled: it keeps its replicas.
@@ -252,3 +256,161 @@ def test_zero_min_ready_seconds_is_left_out(make_body: Make) -> None:
     assert manifests(make_body())["Deployment", "demo-core"]["spec"]["minReadySeconds"] == 10
     deployment = manifests(make_body(rollout={"minReadySeconds": 0}))["Deployment", "demo-core"]
     assert "minReadySeconds" not in deployment["spec"]
+
+
+def _queue_target(make_body: Make, max_calls: int, **autoscaling: Any) -> str:
+    core = {"image": "x", "maxConcurrentCalls": max_calls}
+    hpa = manifests(make_body(core=core, autoscaling={"enabled": True, **autoscaling}))[
+        "HorizontalPodAutoscaler", "demo-core"
+    ]
+    value: str = hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"]
+    return value
+
+
+def test_queue_target_follows_capacity_and_utilization(make_body: Make) -> None:
+    assert _queue_target(make_body, 500) == "350"
+    assert _queue_target(make_body, 500, targetUtilization=1) == "500"
+    assert _queue_target(make_body, 7) == "4900m"  # exact, in milli-units
+    assert _queue_target(make_body, 1, targetUtilization=0.0001) == "1m"  # never a zero target
+    # An explicit queue length overrides the derived one.
+    assert _queue_target(make_body, 500, targetQueueLength="2500m") == "2500m"
+    assert _queue_target(make_body, 500, targetQueueLength=12) == "12"
+
+
+def test_source_rate_limit_is_rendered(make_body: Make) -> None:
+    core = {"image": "x", "rateLimit": {"requests": 10, "sourceRequests": 900}}
+    config = manifests(make_body(core=core))["ConfigMap", "demo-core"]["data"]
+    assert (config["RATE_LIMIT"], config["SOURCE_RATE_LIMIT"]) == ("10", "900")
+
+
+def test_logs_go_to_the_container_output_without_a_rotation_knob(make_body: Make) -> None:
+    objs = manifests(make_body())
+    config = objs["ConfigMap", "demo-core"]["data"]
+    assert "LOG_FILE" not in config and "LOG_ROTATION" not in config
+    pod = objs["Deployment", "demo-core"]["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+
+
+def test_a_log_file_gets_a_volume_and_only_then_rotation(make_body: Make) -> None:
+    core = {"image": "x", "logging": {"file": "/var/log/avr/worker.log", "rotation": "10MB"}}
+    objs = manifests(make_body(core=core))
+    config = objs["ConfigMap", "demo-core"]["data"]
+    assert (config["LOG_FILE"], config["LOG_ROTATION"]) == ("/var/log/avr/worker.log", "10MB")
+    pod = objs["Deployment", "demo-core"]["spec"]["template"]["spec"]
+    assert {"name": "logs", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "logs", "mountPath": "/var/log/avr"} in pod["containers"][0]["volumeMounts"]
+    # A file without a rotation size leaves the worker's own default in force.
+    config = manifests(make_body(core={"image": "x", "logging": {"file": "/logs/w.log"}}))["ConfigMap", "demo-core"][
+        "data"
+    ]
+    assert config["LOG_FILE"] == "/logs/w.log" and "LOG_ROTATION" not in config
+    # A file in /tmp uses the existing /tmp volume (two mounts at one path would make the pod invalid).
+    objs = manifests(make_body(core={"image": "x", "logging": {"file": "/tmp/w.log"}}))
+    pod = objs["Deployment", "demo-core"]["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+
+
+def test_drain_until_empty_has_no_deadline_and_the_users_grace_period(make_body: Make) -> None:
+    core = {"image": "x", "drain": {"mode": "until_empty", "terminationGracePeriodSeconds": 14400}}
+    objs = manifests(make_body(core=core))
+    config = objs["ConfigMap", "demo-core"]["data"]
+    assert config["DRAIN_MODE"] == "until_empty" and "DRAIN_TIMEOUT" not in config
+    assert objs["Deployment", "demo-core"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 14400
+
+
+def test_drain_deadline_defaults(make_body: Make) -> None:
+    objs = manifests(make_body())
+    config = objs["ConfigMap", "demo-core"]["data"]
+    assert (config["DRAIN_MODE"], config["DRAIN_TIMEOUT"]) == ("deadline", "300")
+    assert objs["Deployment", "demo-core"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 5 + 300 + 15
+
+
+def test_headless_peer_service_selects_the_core_pods(make_body: Make) -> None:
+    objs = manifests(make_body(core={"image": "x", "ports": {"http": 8080}}))
+    peers = objs["Service", "demo-core-peers"]["spec"]
+    assert peers["clusterIP"] == "None"
+    assert peers["selector"] == objs["Deployment", "demo-core"]["spec"]["selector"]["matchLabels"]
+    assert peers["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+    assert "publishNotReadyAddresses" not in peers  # ready pods only
+    assert objs["ConfigMap", "demo-core"]["data"]["PEER_SERVICE"] == "demo-core-peers.calls.svc"
+    assert objs["Service", "demo-core"]["spec"]["sessionAffinity"] == "None"
+
+
+def test_deletion_cost_gives_the_core_its_own_account_and_role(make_body: Make) -> None:
+    objs = manifests(make_body())
+    account = objs["ServiceAccount", "demo-avr-worker"]
+    assert account["metadata"]["namespace"] == "calls"
+    role = objs["Role", "demo-core"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
+    binding = objs["RoleBinding", "demo-core"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "demo-core"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "demo-avr-worker", "namespace": "calls"}]
+    pod = objs["Deployment", "demo-core"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "demo-avr-worker" and pod["automountServiceAccountToken"] is True
+    assert objs["ConfigMap", "demo-core"]["data"]["POD_DELETION_COST"] == "true"
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # Providers keep running without a token.
+    sts = objs["Deployment", "demo-sts"]["spec"]["template"]["spec"]
+    assert sts["automountServiceAccountToken"] is False and "serviceAccountName" not in sts
+
+
+def test_deletion_cost_can_be_turned_off(make_body: Make) -> None:
+    objs = manifests(make_body(core={"image": "x", "scaleIn": {"deletionCost": False}}))
+    assert not {kind for kind, _ in objs} & {"ServiceAccount", "Role", "RoleBinding"}
+    pod = objs["Deployment", "demo-core"]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    assert "POD_DELETION_COST" not in objs["ConfigMap", "demo-core"]["data"]
+    env = {e["name"] for e in pod["containers"][0]["env"]}
+    assert {"POD_NAME", "POD_NAMESPACE"} <= env
+
+
+def test_worker_policy_matches_the_account_names() -> None:
+    from avr_operator.render.names import WORKER_ACCOUNT_SUFFIX  # noqa: PLC0415
+    from avr_operator.render.policy import DELETION_COST, worker_pod_policy  # noqa: PLC0415
+
+    policy, binding = worker_pod_policy()
+    assert WORKER_ACCOUNT_SUFFIX in policy["spec"]["matchConditions"][0]["expression"]
+    assert any(DELETION_COST in v["expression"] for v in policy["spec"]["validations"])
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+
+
+KEDA = {"serverAddress": "http://prometheus.monitoring:9090"}
+
+
+def test_keda_engine_renders_a_scaled_object_instead_of_the_hpa(make_body: Make) -> None:
+    core = {"image": "x", "maxConcurrentCalls": 7}
+    autoscaling = {"enabled": True, "engine": "keda", "keda": KEDA, "targetCpuUtilization": 60}
+    objs = manifests(make_body(core=core, autoscaling=autoscaling))
+    assert ("HorizontalPodAutoscaler", "demo-core") not in objs
+    assert "replicas" not in objs["Deployment", "demo-core"]["spec"]
+    so = objs["ScaledObject", "demo-core"]
+    assert so["apiVersion"] == "keda.sh/v1alpha1"
+    spec = so["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "demo-core"}
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (3, 10)
+    prometheus, cpu = spec["triggers"]
+    assert prometheus["type"] == "prometheus" and prometheus["metricType"] == "AverageValue"
+    # The same per-pod target as the HPA's (7 x 0.7), as a plain number.
+    assert prometheus["metadata"] == {
+        "serverAddress": "http://prometheus.monitoring:9090",
+        "query": 'sum(avr_queue_length{namespace="calls",pod=~"demo-core-[a-z0-9]+-[a-z0-9]+"})',
+        "threshold": "4.9",
+    }
+    assert cpu == {"type": "cpu", "metricType": "Utilization", "metadata": {"value": "60"}}
+    assert (
+        spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    )
+
+
+def test_keda_query_and_explicit_target(make_body: Make) -> None:
+    keda = {**KEDA, "query": "sum(my_queue)"}
+    autoscaling = {"enabled": True, "engine": "keda", "keda": keda, "targetQueueLength": "2500m"}
+    trigger = manifests(make_body(autoscaling=autoscaling))["ScaledObject", "demo-core"]["spec"]["triggers"][0]
+    assert trigger["metadata"]["query"] == "sum(my_queue)" and trigger["metadata"]["threshold"] == "2.5"
+
+
+def test_no_scaled_object_unless_asked(make_body: Make) -> None:
+    for autoscaling in ({"enabled": True}, {"enabled": False, "engine": "keda", "keda": KEDA}):
+        assert not any(kind == "ScaledObject" for kind, _ in manifests(make_body(autoscaling=autoscaling)))

@@ -164,7 +164,12 @@ def test_cross_field_rules_are_present() -> None:
     for path, _node, rule in _rules():
         by_path.setdefault(path, []).append(rule)
     assert "has(self.sts)" in by_path[".spec.providers"][0]
-    assert by_path[".spec.autoscaling"] == ["self.minReplicas <= self.maxReplicas"]
+    assert by_path[".spec.autoscaling"] == [
+        "self.minReplicas <= self.maxReplicas",
+        "self.engine == 'keda' ? has(self.keda) : !has(self.keda)",
+        "!(has(self.targetQueueLength) && has(self.targetUtilization))",
+    ]
+    assert len(by_path[".spec.core.drain"]) == 4 and len(by_path[".spec.core.logging"]) == 1
     assert by_path[".spec.providers.sts.autoscaling"] == ["self.minReplicas <= self.maxReplicas"]
     assert "maxSurge" in by_path[".spec.rollout"][0]
     assert "minAvailable" in by_path[".spec.availability"][0]

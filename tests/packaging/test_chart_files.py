@@ -112,8 +112,9 @@ ADAPTER_RULES = CHART / "files" / "prometheus-adapter-rules.yaml"
 def test_prometheus_adapter_rules_serve_the_hpa_metric_per_pod() -> None:
     """The rules prometheus-adapter gets (from the chart's ConfigMap) must serve what the operator's HPA targets:
     a Pods metric named avr_queue_length, mapped from each series' namespace and pod labels."""
-    rendered_hpa = (ROOT / "operator" / "render" / "components.py").read_text()
-    assert '"metric": {"name": "avr_queue_length"}' in rendered_hpa, "the HPA's metric name changed: update the rules"
+    from avr_operator.render.components import QUEUE_METRIC  # noqa: PLC0415
+
+    assert QUEUE_METRIC == "avr_queue_length", "the HPA's metric name changed: update the rules"
     config = yaml.safe_load(ADAPTER_RULES.read_text())
     assert set(config) == {"rules"}
     served = {}
@@ -127,3 +128,12 @@ def test_prometheus_adapter_rules_serve_the_hpa_metric_per_pod() -> None:
     assert sorted(served) == ["avr_call_utilization", "avr_queue_length"]
     template = (CHART / "templates" / "prometheus-adapter-rules.yaml").read_text()
     assert '.Files.Get "files/prometheus-adapter-rules.yaml"' in template
+
+
+def test_chart_worker_policy_is_the_generated_policy() -> None:
+    from avr_operator.render.policy import policy_yaml  # noqa: PLC0415
+
+    assert (CHART / "files" / "worker-pod-policy.yaml").read_text() == policy_yaml(), (
+        "the chart's worker policy drifted: avr-operator policy -o charts/avr-operator/files/worker-pod-policy.yaml"
+    )
+    assert _values()["workerPodPolicy"]["install"] is True

@@ -68,6 +68,9 @@ What the operator does inside a namespace it watches (operator/apply, operator/h
   list by label for pruning and for kopf's watches, delete when pruned.
 - Secrets and ConfigMaps the spec references: get (the precondition check).
 - Events: kopf posts them (core v1) on AVRDeployments.
+- The core workers' ServiceAccount, Role and RoleBinding (core.scaleIn.deletionCost). The Role lets the workers
+  get and patch pods, and RBAC only lets the operator grant what it holds itself: hence get and patch on pods
+  (it never lists, watches, creates or deletes them).
 */}}
 {{- define "avr-operator.namespacedRules" -}}
 - apiGroups: ["avr.agentvoiceresponse.com"]
@@ -80,13 +83,22 @@ What the operator does inside a namespace it watches (operator/apply, operator/h
   resources: ["avrdeployments/finalizers"]
   verbs: ["update"]
 - apiGroups: [""]
-  resources: ["configmaps", "services"]
+  resources: ["configmaps", "services", "serviceaccounts"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]

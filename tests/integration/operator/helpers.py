@@ -124,7 +124,16 @@ def wait_ready(api: client.ApiClient, namespace: str, name: str, timeout: float 
 
 # --- children -------------------------------------------------------------------------------------------
 
-CHILD_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler")
+CHILD_KINDS = (
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "ConfigMap",
+    "Service",
+    "Deployment",
+    "PodDisruptionBudget",
+    "HorizontalPodAutoscaler",
+)
 
 
 def _lister(api: client.ApiClient, kind: str) -> Any:
@@ -135,6 +144,9 @@ def _lister(api: client.ApiClient, kind: str) -> Any:
         "Deployment": client.AppsV1Api(api).list_namespaced_deployment,
         "PodDisruptionBudget": client.PolicyV1Api(api).list_namespaced_pod_disruption_budget,
         "HorizontalPodAutoscaler": client.AutoscalingV2Api(api).list_namespaced_horizontal_pod_autoscaler,
+        "ServiceAccount": core.list_namespaced_service_account,
+        "Role": client.RbacAuthorizationV1Api(api).list_namespaced_role,
+        "RoleBinding": client.RbacAuthorizationV1Api(api).list_namespaced_role_binding,
     }
     return listers[kind]
 
@@ -210,9 +222,12 @@ NAMESPACED_RULES = [
     (GROUP, ["avrdeployments"], ["get", "list", "watch"]),
     (GROUP, ["avrdeployments/status"], ["get", "patch"]),
     (GROUP, ["avrdeployments/finalizers"], ["update"]),
-    ("", ["configmaps", "services"], ["get", "list", "watch", "create", "patch", "delete"]),
+    ("", ["configmaps", "services", "serviceaccounts"], ["get", "list", "watch", "create", "patch", "delete"]),
+    ("rbac.authorization.k8s.io", ["roles", "rolebindings"], ["get", "list", "watch", "create", "patch", "delete"]),
+    ("", ["pods"], ["get", "patch"]),  # granted to the core workers' Role: RBAC needs the grantor to hold it
     ("apps", ["deployments"], ["get", "list", "watch", "create", "patch", "delete"]),
     ("autoscaling", ["horizontalpodautoscalers"], ["get", "list", "watch", "create", "patch", "delete"]),
+    ("keda.sh", ["scaledobjects"], ["get", "list", "watch", "create", "patch", "delete"]),
     ("policy", ["poddisruptionbudgets"], ["get", "list", "watch", "create", "patch", "delete"]),
     ("", ["secrets"], ["get"]),
     ("", ["events"], ["create"]),

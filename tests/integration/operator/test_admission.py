@@ -141,7 +141,11 @@ INVALID = [
         "spec.autoscaling.behavior.scaleUp.policies[0].type",
     ),
     # patterns
-    Invalid("bad-rotation", at("spec.core.logging.rotation", "big"), "spec.core.logging.rotation"),
+    Invalid(
+        "bad-rotation",
+        at("spec.core.logging", {"file": "/var/log/avr/w.log", "rotation": "big"}),
+        "spec.core.logging.rotation",
+    ),
     Invalid("bad-quantity", at("spec.core.resources.requests.cpu", "lots"), "spec.core.resources.requests.cpu"),
     Invalid("bad-queue-target", at("spec.autoscaling.targetQueueLength", "x5"), "spec.autoscaling.targetQueueLength"),
     Invalid("bad-max-surge", at("spec.rollout.maxSurge", "two"), "spec.rollout.maxSurge"),
@@ -183,6 +187,48 @@ INVALID = [
         at("spec.providers.sts.envFrom", [{"secretRef": {"name": "a"}, "configMapRef": {"name": "b"}}]),
         "spec.providers.sts.envFrom[0]",
     ),
+    Invalid(
+        "queue-length-and-utilization",
+        both(at("spec.autoscaling.targetQueueLength", 5), at("spec.autoscaling.targetUtilization", 0.5)),
+        "spec.autoscaling.targetQueueLength",
+    ),
+    Invalid("utilization-zero", at("spec.autoscaling.targetUtilization", 0), "spec.autoscaling.targetUtilization"),
+    Invalid(
+        "utilization-above-one", at("spec.autoscaling.targetUtilization", 1.2), "spec.autoscaling.targetUtilization"
+    ),
+    Invalid("keda-without-its-block", at("spec.autoscaling.engine", "keda"), "spec.autoscaling.keda"),
+    Invalid(
+        "keda-block-with-hpa", at("spec.autoscaling.keda", {"serverAddress": "http://p:9090"}), "spec.autoscaling.keda"
+    ),
+    Invalid("rotation-without-file", at("spec.core.logging.rotation", "10MB"), "spec.core.logging.rotation"),
+    Invalid("log-file-in-root", at("spec.core.logging.file", "/worker.log"), "spec.core.logging.file"),
+    Invalid(
+        "until-empty-without-grace",
+        at("spec.core.drain", {"mode": "until_empty"}),
+        "spec.core.drain.terminationGracePeriodSeconds",
+    ),
+    Invalid(
+        "until-empty-with-timeout",
+        at("spec.core.drain", {"mode": "until_empty", "terminationGracePeriodSeconds": 3600, "timeoutSeconds": 60}),
+        "spec.core.drain.timeoutSeconds",
+    ),
+    Invalid(
+        "deadline-with-grace",
+        at("spec.core.drain", {"timeoutSeconds": 60, "terminationGracePeriodSeconds": 3600}),
+        "spec.core.drain.terminationGracePeriodSeconds",
+    ),
+    Invalid(
+        "grace-not-above-pre-stop",
+        at("spec.core.drain", {"mode": "until_empty", "terminationGracePeriodSeconds": 5, "preStopSeconds": 5}),
+        "spec.core.drain.terminationGracePeriodSeconds",
+    ),
+    Invalid(
+        "grace-above-a-day",
+        at("spec.core.drain", {"mode": "until_empty", "terminationGracePeriodSeconds": 86401}),
+        "spec.core.drain.terminationGracePeriodSeconds",
+    ),
+    Invalid("unknown-drain-mode", at("spec.core.drain.mode", "forever"), "spec.core.drain.mode"),
+    Invalid("source-rate-zero", at("spec.core.rateLimit.sourceRequests", 0), "spec.core.rateLimit.sourceRequests"),
     # unknown fields, refused with fieldValidation=Strict (by default they are pruned)
     Invalid("unknown-field", at("spec.core.colour", "blue"), "spec.core.colour", strict=True),
     Invalid("unknown-nested-field", at("spec.core.audio.volume", 11), "spec.core.audio.volume", strict=True),

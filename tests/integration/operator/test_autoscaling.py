@@ -17,8 +17,12 @@ from tests.integration.operator.helpers import (
     Obj,
     OperatorEnv,
     as_dict,
+    children,
+    condition,
     create,
     example,
+    get,
+    minimal,
     patch,
     pod_names,
     wait_ready,
@@ -28,7 +32,9 @@ pytestmark = pytest.mark.integration
 
 QUEUE_METRIC = "avr_queue_length"
 HPA_USER = "system:serviceaccount:kube-system:horizontal-pod-autoscaler"
-MIN, MAX, TARGET = 2, 5, 5
+MIN, MAX = 2, 5
+# The target the HPA gets from the spec: 0.5 of maxConcurrentCalls (10) calls in the system per pod.
+CAPACITY, UTILIZATION, TARGET = 10, 0.5, 5
 SCALE_DOWN_WINDOW = 5
 
 
@@ -41,7 +47,7 @@ def _autoscaled_example() -> Obj:
         "enabled": True,
         "minReplicas": MIN,
         "maxReplicas": MAX,
-        "targetQueueLength": TARGET,
+        "targetUtilization": UTILIZATION,
         # (no CPU target: the cluster has no resource metrics, and an unavailable metric blocks scaling down)
         "behavior": {
             "scaleUp": {
@@ -55,6 +61,7 @@ def _autoscaled_example() -> Obj:
         },
     }
     spec["core"]["drain"] = {"timeoutSeconds": 0, "preStopSeconds": 0}
+    spec["core"]["maxConcurrentCalls"] = CAPACITY
     spec["providers"]["sts"]["drainSeconds"] = 0
     spec["rollout"] = {"minReadySeconds": 0}
     return body
@@ -91,6 +98,15 @@ def test_hpa_scales_the_core_on_queue_length_and_the_operator_leaves_it(operated
             local.set_pod_metric(ns, pod, QUEUE_METRIC, length)
         return replicas() == wanted
 
+    hpa_api: Any = client.AutoscalingV2Api(api)
+    target = hpa_api.read_namespaced_horizontal_pod_autoscaler(deployment, ns).spec.metrics[0].pods.target
+    assert (target.type, target.average_value) == ("AverageValue", str(TARGET))
+
+    assert replicas() == MIN
+    # Just under the target: no scaling; then far above it: up to the maximum.
+    for _ in range(3):
+        with_queue(TARGET - 1, MIN)
+        time.sleep(1)
     assert replicas() == MIN
     eventually(lambda: with_queue(6 * TARGET, MAX), timeout=60, what=f"the HPA to scale up to {MAX}")
 
@@ -120,3 +136,29 @@ def test_hpa_scales_the_core_on_queue_length_and_the_operator_leaves_it(operated
     writes = local.audit.writes(mark, namespace=ns, resource="deployments", name=deployment)
     assert any(w.username == HPA_USER and w.subresource == "scale" for w in writes), writes
     assert [w for w in writes if w.username == env.operator.username] == []
+
+
+def test_keda_engine_without_keda_reports_degraded_and_writes_nothing(operated: OperatorEnv) -> None:
+    """The control plane has no keda.sh API: the resource says so in its status; no child, no crash loop."""
+    env = operated
+    api, ns = env.api, env.namespace
+    keda = {"enabled": True, "engine": "keda", "keda": {"serverAddress": "http://prometheus:9090"}}
+    create(api, ns, minimal("keda", autoscaling=keda))
+
+    last: Obj = {}
+
+    def degraded() -> Obj | None:
+        obj = last["obj"] = get(api, ns, "keda")
+        found = condition(obj, "Degraded")
+        return obj if found.get("reason") == "MissingAPI" and found.get("status") == "True" else None
+
+    try:
+        obj = eventually(degraded, timeout=60, what="Degraded MissingAPI")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}: {last.get('obj', {}).get('status')}\n{env.operator.log()}") from None
+    assert obj is not None
+    assert "keda.sh/v1alpha1 ScaledObject" in condition(obj, "Degraded")["message"]
+    assert children(api, ns, "keda") == []
+    # Still running and re-checking, not crashing.
+    env.operator.wait_reconciles(1, timeout=60)
+    assert env.operator.popen is not None and env.operator.popen.poll() is None

@@ -114,6 +114,13 @@ def test_example_is_deployed_and_becomes_ready(stack: OperatorEnv, path: Path) -
 
     objects = by_kind(children(api, ns, name))
     expected = {(kind, f"{name}-{role}") for role in roles for kind in ("ConfigMap", "Service", "Deployment")}
+    expected.add(("Service", f"{name}-core-peers"))
+    if spec.core.scale_in.deletion_cost:
+        expected |= {
+            ("ServiceAccount", f"{name}-avr-worker"),
+            ("Role", f"{name}-core"),
+            ("RoleBinding", f"{name}-core"),
+        }
     if spec.availability.enabled:
         expected |= {("PodDisruptionBudget", f"{name}-{role}") for role in roles}
     autoscaled = {"core": spec.autoscaling.enabled} | {r: p.autoscaling.enabled for r, p in providers.items()}
@@ -276,7 +283,8 @@ def test_hand_changes_are_undone_and_deletion_collects_everything(operated: Oper
     create(api, ns, minimal("drift", core={**minimal()["spec"]["core"], **one}, availability={"enabled": True}))
     wait_ready(api, ns, "drift")
     before = by_kind(children(api, ns, "drift"))
-    assert len(before) == 8  # ConfigMap, Service, Deployment, PDB for core and sts
+    # ConfigMap, Service, Deployment, PDB for core and sts; the core's peer Service, ServiceAccount, Role, RoleBinding
+    assert len(before) == 12
 
     def restored(kind: str, name: str, check: Any) -> None:
         def ok() -> bool:
