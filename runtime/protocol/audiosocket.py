@@ -97,11 +97,13 @@ class FrameParser:
     comparison whatever the call's rate.
     """
 
-    __slots__ = ("_audio_type", "_buf", "_max_audio", "_rate", "rates")
+    __slots__ = ("_audio_type", "_buf", "_max_audio", "_one_type", "_rate", "rates")
 
-    def __init__(self, rates: Collection[int] | None = None) -> None:
-        """``rates``: the sample rates accepted (default: every rate AudioSocket defines)."""
+    def __init__(self, rates: Collection[int] | None = None, *, one_type: bool = True) -> None:
+        """``rates``: the sample rates accepted (default: every rate AudioSocket defines). ``one_type=False``
+        reads every audio frame by its own type, as Asterisk reads what it receives (for clients)."""
         self._buf = b""
+        self._one_type = one_type
         self.rates = frozenset(SLIN_RATES.values() if rates is None else rates)
         self._audio_type = -1  # no audio yet: the first audio frame's type becomes the call's
         self._max_audio = 0
@@ -115,7 +117,7 @@ class FrameParser:
     def _audio_header(self, kind_byte: int, length: int) -> None:
         """An audio header that is not the call's steady type: the first one, a change, or a bad length."""
         rate = SLIN_RATES[kind_byte]
-        if self._audio_type < 0:
+        if self._audio_type < 0 or not self._one_type:
             if rate not in self.rates:
                 raise ProtocolError(
                     "unsupported_rate",

@@ -243,8 +243,6 @@ class AudioSocketConnection(asyncio.Protocol):
         if self.edge is not None:
             transport.write(self.edge.outbound(frame))
             return
-        if not self._audio_seen and not any(frame):
-            return  # the caller's format is not known yet: no silence in a format it may not speak
         if self.law is not None:
             frame = g711.pcm_to_ulaw(frame) if self.law == "ulaw" else g711.pcm_to_alaw(frame)
         transport.write(wire.audio_frame(frame))

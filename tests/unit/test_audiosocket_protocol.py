@@ -190,6 +190,15 @@ def test_the_call_type_holds_across_feeds() -> None:
     assert err.value.reason == "rate_changed"
 
 
+def test_a_client_s_parser_reads_each_frame_by_its_type() -> None:
+    p = FrameParser(one_type=False)
+    frames = p.feed(raw(0x10, bytes(320)) + raw(0x12, bytes(640)) + raw(0x10, bytes(320)))
+    assert [f.rate for f in frames] == [8000, 16000, 8000]
+    with pytest.raises(ProtocolError) as err:
+        p.feed(struct.pack(">BH", 0x10, 3000))  # each type's length limit still holds
+    assert err.value.reason == "bad_length"
+
+
 @pytest.mark.parametrize(("kind", "rate"), [(0x17, 96000), (0x18, 192000), (0x12, 16000)])
 def test_rates_outside_the_accepted_set_are_refused_by_name(kind: int, rate: int) -> None:
     p = FrameParser(rates=(8000, 12000))

@@ -135,11 +135,11 @@ async def test_a_type_change_ends_the_call_with_a_reason(make_leg: Any) -> None:
     assert await asyncio.wait_for(leg.task, 5) == "protocol_error:rate_changed"
 
 
-async def test_silence_before_the_first_audio_frame_is_held_back(make_leg: Any) -> None:
+async def test_replies_take_the_caller_s_type_from_its_first_audio_frame(make_leg: Any) -> None:
     leg, transport, _fed = make_leg()
     transport.written.clear()
-    leg.send_frame(bytes(320))
-    assert transport.written == b"", "the caller's format is not known yet"
+    leg.send_frame(bytes(320))  # before any audio: the call is answered at once, as 8 kHz slin (0x10)
     leg.data_received(wire.audio_frame(bytes(640), 0x12))
     leg.send_frame(bytes(320))
-    assert [f.rate for f in wire.FrameParser().feed(bytes(transport.written))] == [16000]
+    frames = wire.FrameParser(one_type=False).feed(bytes(transport.written))
+    assert [f.rate for f in frames] == [8000, 16000]
