@@ -1,4 +1,4 @@
-.PHONY: demo test check bench
+.PHONY: demo test check bench fuzz
 demo:  ## run the worker, a reference provider and a sample call
 	scripts/demo
 test:  ## install what is needed, lint, type-check and run all tests
@@ -7,3 +7,6 @@ check:
 	scripts/check
 bench:
 	scripts/bench
+fuzz:  ## property-based fuzzing of the parsers (20,000 inputs each) and the data plane's framing (5,000)
+	scripts/bootstrap && HYPOTHESIS_PROFILE=fuzz PYTHONSAFEPATH=1 .venv/bin/pytest -q -p no:cacheprovider \
+		--hypothesis-show-statistics tests/unit/test_parser_properties.py tests/unit/test_relay_properties.py

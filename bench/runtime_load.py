@@ -231,6 +231,7 @@ def start_worker(core: int | None, sts_port: int, max_calls: int, fast_path: boo
         LOG_FORMAT="text",
         MAX_CONCURRENT_CALLS=str(max_calls),
         RATE_LIMIT="1000000",
+        SOURCE_RATE_LIMIT="1000000",
         FAST_PATH="true" if fast_path else "false",
     )
     proc = spawn("worker", [*PY, "-m", "avr_runtime", "serve"], core, env)

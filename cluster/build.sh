@@ -4,7 +4,8 @@
 # There are no release downloads or container images on our machines, so everything is compiled from source:
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd and our custom-metrics test adapter
 # through the wrapper module in gomod/ (kubernetes' own go.mod points its staging modules at local folders), and
-# kwok and helm with `go install module@version`. The result is cached in a directory keyed by every pinned
+# kwok and helm with `go install module@version`, and prometheus-adapter through its own wrapper module in
+# prometheus-adapter/ (the proxy refuses the lookups `go install` would make). The result is cached in a directory keyed by every pinned
 # version, so a warm run only checks a stamp file and never starts the Go toolchain.
 #
 # Progress goes to stderr; the last line on stdout is the directory holding the binaries.
@@ -22,12 +23,15 @@ KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
 HELM_KUBE_MINOR=37 # the client-go minor that helm's go.mod requires; helm reports it as its default kubeVersion
 ADAPTER_VERSION=v1.35.0
+PROM_ADAPTER_VERSION=v0.12.0 # keep in step with prometheus-adapter/go.mod; the newest release on the proxy
 RECIPE=1 # bump when the flags below change, to invalidate caches built with the old ones
 
-binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd metrics-adapter kwok helm)
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd metrics-adapter kwok helm prometheus-adapter)
 
-mod_hash=$(cat "$here/gomod/go.mod" "$here/gomod/go.sum" | sha256sum | cut -c1-12)
-key="k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_cma-${ADAPTER_VERSION}_r${RECIPE}-${mod_hash}"
+mod_hash=$(cat "$here/gomod/go.mod" "$here/gomod/go.sum" "$here/prometheus-adapter/go.mod" \
+    "$here/prometheus-adapter/go.sum" | sha256sum | cut -c1-12)
+key="k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_cma-${ADAPTER_VERSION}"
+key+="_pa-${PROM_ADAPTER_VERSION}_r${RECIPE}-${mod_hash}"
 cache=${AVR_CLUSTER_CACHE:-$HOME/.cache/avr-cluster}
 dest="$cache/$key"
 
@@ -94,6 +98,12 @@ install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "-s -w -X $helm_version.version
 -X $helm_version.gitTreeState=clean \
 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$HELM_KUBE_MINOR \
 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$HELM_KUBE_MINOR"
+
+(
+    cd "$here/prometheus-adapter"
+    log "prometheus-adapter $PROM_ADAPTER_VERSION"
+    go build -trimpath -ldflags "-s -w" -o "$work/bin/prometheus-adapter" sigs.k8s.io/prometheus-adapter/cmd/adapter
+)
 
 echo "$key" >"$work/stamp"
 # Publish atomically; if a concurrent build won the race, keep its result.

@@ -34,11 +34,12 @@ def quantity(value: float | str) -> str:
     return f"{round(value * 1000)}m"
 
 
-def service_object(port: int) -> dict[str, Any]:
+def service_object(port: int, name: str = SERVICE_NAME) -> dict[str, Any]:
+    """The Service the aggregator reaches an adapter on loopback through (another `name` for another adapter)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": SERVICE_NAME, "namespace": SERVICE_NAMESPACE},
+        "metadata": {"name": name, "namespace": SERVICE_NAMESPACE},
         "spec": {
             "type": "ExternalName",
             "externalName": "localhost",
@@ -47,7 +48,8 @@ def service_object(port: int) -> dict[str, Any]:
     }
 
 
-def apiservice_objects(port: int) -> list[dict[str, Any]]:
+def apiservice_objects(port: int, service: str = SERVICE_NAME) -> list[dict[str, Any]]:
+    """The custom metrics APIServices, served by the adapter behind the Service `service` on `port`."""
     return [
         {
             "apiVersion": "apiregistration.k8s.io/v1",
@@ -56,7 +58,7 @@ def apiservice_objects(port: int) -> list[dict[str, Any]]:
             "spec": {
                 "group": group,
                 "version": version,
-                "service": {"namespace": SERVICE_NAMESPACE, "name": SERVICE_NAME, "port": port},
+                "service": {"namespace": SERVICE_NAMESPACE, "name": service, "port": port},
                 "insecureSkipTLSVerify": True,  # the adapter serves a self-signed certificate
                 "groupPriorityMinimum": 100,
                 "versionPriority": priority,

@@ -30,7 +30,13 @@ def _serve(_: argparse.Namespace) -> int:
         print(f"avr-runtime: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     logs.setup(settings)
-    serve(settings)
+    from avr_runtime.services import tracing  # noqa: PLC0415
+
+    tracing.setup()
+    try:
+        serve(settings)
+    finally:
+        tracing.shutdown()
     return 0
 
 

@@ -37,6 +37,11 @@ class Slin16Reply(StrEnum):
     SLIN16 = "slin16"  # 640-byte 0x10 frames of 16 kHz, for peers that read 0x10 at the rate they send it
 
 
+class DrainMode(StrEnum):
+    DEADLINE = "deadline"  # DRAIN_TIMEOUT seconds, then the calls left are ended
+    UNTIL_EMPTY = "until_empty"  # no cut of our own: the pod's terminationGracePeriodSeconds is the only limit
+
+
 class LogLevel(StrEnum):
     DEBUG = "debug"
     INFO = "info"
@@ -75,6 +80,11 @@ class Settings(BaseSettings):
     audiosocket_format: AudioSocketFormat = AudioSocketFormat.AUTO
     audiosocket_slin16_reply: Slin16Reply = Field(
         Slin16Reply.SLIN, description="Replies to 0x10 calls taken as 16 kHz: 8 kHz (slin) or 16 kHz (slin16) frames."
+    )
+    audiosocket_error_frames: bool = Field(
+        False,
+        description="Send an error frame (0xff, the reason's code) before the hangup of a call ended by a failure: "
+        "Asterisk's AudioSocket() then fails and the dialplan after it does not run.",
     )
 
     # providers
@@ -118,10 +128,22 @@ class Settings(BaseSettings):
     # cache, limits
     cache_max_size: int = Field(1000, ge=0)
     cache_ttl: int = Field(3600, ge=1, description="Seconds.")
-    rate_limit: int = Field(100, ge=1)
+    rate_limit: int = Field(100, ge=1, description="New calls per RATE_WINDOW per caller (the /call 'from').")
     rate_window: int = Field(60, ge=1, description="Seconds.")
+    source_rate_limit: int = Field(
+        3000, ge=1, description="New calls, and HTTP API requests, per RATE_WINDOW per source address (a PBX)."
+    )
     max_concurrent_calls: int = Field(500, ge=1)
     call_metadata_ttl: int = Field(300, ge=1, description="Seconds a POST /call payload waits for its call.")
+    peer_service: str | None = Field(
+        None, description="DNS name of the other worker pods (a headless Service), asked for metadata a call lacks."
+    )
+    peer_timeout_ms: int = Field(300, ge=1, le=10_000, description="How long a call waits for its peers' answer.")
+
+    # access
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token the HTTP API's POST endpoints require (/call, /cache/prewarm, claims)."
+    )
 
     # logging
     log_level: LogLevel = LogLevel.INFO
@@ -131,6 +153,20 @@ class Settings(BaseSettings):
 
     # lifecycle
     drain_timeout: float = Field(300.0, ge=0.0, description="Seconds live calls may continue after SIGTERM.")
+    drain_mode: DrainMode = Field(
+        DrainMode.DEADLINE, description="deadline: cut calls after DRAIN_TIMEOUT; until_empty: wait for the last one."
+    )
+
+    # the pod (downward API), for its deletion cost
+    pod_name: str | None = None
+    pod_namespace: str | None = None
+    pod_deletion_cost: bool = Field(
+        False, description="Keep the pod's controller.kubernetes.io/pod-deletion-cost at its live calls."
+    )
+    pod_deletion_cost_interval: float = Field(5.0, ge=0.1, le=300.0, description="Seconds between updates, at most.")
+    service_account_dir: str = Field(
+        "/var/run/secrets/kubernetes.io/serviceaccount", description="The pod's ServiceAccount token and CA."
+    )
 
     # webhooks
     webhook_url: str | None = None
@@ -158,6 +194,7 @@ class Settings(BaseSettings):
         "audiosocket_format",
         "audiosocket_slin16_reply",
         "playout_overflow",
+        "drain_mode",
         mode="before",
     )
     @classmethod
@@ -171,6 +208,24 @@ class Settings(BaseSettings):
             raise ValueError("set either STS_URL or ASR_URL+LLM_URL+TTS_URL, not both")
         if any(chain) and not all(chain):
             raise ValueError("the HTTP chain needs all of ASR_URL, LLM_URL and TTS_URL")
+        return self
+
+    @model_validator(mode="after")
+    def _drain(self) -> Self:
+        if self.drain_mode is DrainMode.UNTIL_EMPTY and "drain_timeout" in self.model_fields_set:
+            raise ValueError("DRAIN_TIMEOUT does nothing with DRAIN_MODE=until_empty: set one or the other")
+        return self
+
+    @model_validator(mode="after")
+    def _pod(self) -> Self:
+        if self.pod_deletion_cost and not (self.pod_name and self.pod_namespace):
+            raise ValueError("POD_DELETION_COST needs POD_NAME and POD_NAMESPACE (the downward API)")
+        return self
+
+    @model_validator(mode="after")
+    def _rotation_needs_a_file(self) -> Self:
+        if "log_rotation" in self.model_fields_set and not self.log_file:
+            raise ValueError("LOG_ROTATION rotates LOG_FILE: set LOG_FILE too (without it logs go to stdout)")
         return self
 
     @property

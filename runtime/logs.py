@@ -1,4 +1,5 @@
-"""Logging: JSON or text lines, to stderr or a size-rotated file, with provider secrets redacted."""
+"""Logging: JSON or text lines with RFC 3339 times, to stdout (what Kubernetes collects) or a size-rotated file,
+with provider secrets redacted."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import logging.handlers
 import os
 import re
 import sys
+from datetime import UTC, datetime
 from typing import Final
 
 from pythonjsonlogger.json import JsonFormatter
 
 from avr_runtime.config import LogFormat, Settings
+from avr_runtime.services.tracing import TraceIdFilter
 
 _SECRET_NAME: Final = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
 _URL_CREDENTIALS: Final = re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@")
@@ -54,8 +57,21 @@ class Redact(logging.Filter):
 _STANDARD: Final = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 
+def rfc3339(record: logging.LogRecord) -> str:
+    """UTC with milliseconds, e.g. 2026-01-01T12:00:00.000Z: what log collectors parse without a pattern."""
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JsonLines(JsonFormatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return rfc3339(record)
+
+
 class TextFormatter(logging.Formatter):
     """Plain lines with the structured fields (uuid, reason, …) appended as key=value."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return rfc3339(record)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -70,10 +86,10 @@ def setup(settings: Settings) -> None:
             settings.log_file, maxBytes=settings.log_rotation_bytes, backupCount=_BACKUPS
         )
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = logging.StreamHandler(sys.stdout)
     if settings.log_format is LogFormat.JSON:
         handler.setFormatter(
-            JsonFormatter(
+            JsonLines(
                 "%(asctime)s %(levelname)s %(name)s %(message)s",
                 rename_fields={"levelname": "level", "asctime": "time", "name": "logger"},
             )
@@ -81,6 +97,7 @@ def setup(settings: Settings) -> None:
     else:
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(Redact(secret_values(settings)))
+    handler.addFilter(TraceIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.value.upper())

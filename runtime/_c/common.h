@@ -9,6 +9,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -85,6 +86,7 @@ static void out_flush(int fd, Buf *out, int *err) {
 
 /* protocol.data_received(bytes): how the bytes the engine does not handle reach the Python protocol object. */
 static int give_python_to(PyObject *protocol, const uint8_t *d, size_t n) {
+    if (protocol == NULL) return 0; /* released by the collector (tp_clear): nobody is listening any more */
     PyObject *data = PyBytes_FromStringAndSize((const char *)d, (Py_ssize_t)n);
     if (data == NULL) return -1;
     PyObject *res = PyObject_CallMethod(protocol, "data_received", "O", data);
@@ -99,6 +101,7 @@ static int give_python_to(PyObject *protocol, const uint8_t *d, size_t n) {
 
 /* protocol.connection_lost(None), or with a ConnectionError for an errno. */
 static void report_lost(PyObject *protocol, int err) {
+    if (protocol == NULL) return;
     PyObject *exc = err ? PyObject_CallFunction(PyExc_ConnectionError, "is", err, strerror(err)) : Py_NewRef(Py_None);
     if (exc == NULL) {
         PyErr_Clear();

@@ -15,8 +15,9 @@ provider so streamed audio waits about ``margin`` in the worker instead of up to
   hiccup of the pacer's own made it (a slot it fired late, or a silence frame it played for late audio); a larger
   one is dropped after a second; replies generated faster than real time (their backlog grows or drains) are never
   touched;
-- the last part of a reply that does not fill a frame is padded with silence and played once it has waited a
-  period with nothing after it.
+- the last part of a reply that does not fill a frame (the echo of Asterisk's last, short frame of a playback) is
+  padded with silence and played when its slot's grace ends, instead of the silence frame played there before and
+  a period later than that; one that has waited a period with nothing after it is played at the next slot.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class PacerState(NamedTuple):
     backlog_min: int
     backlog_max: int
     hiccup: int
+
+
+def _discard(frame: bytes, waited: float | None) -> None:
+    """The sender of a closed pacer."""
 
 
 def _not_started(when: float, callback: Callable[[], None]) -> _Cancellable:
@@ -131,6 +136,11 @@ class Pacer:
             self._handle.cancel()
             self._handle = None
 
+    def close(self) -> None:
+        """Stop for good and forget the sender, which usually refers back to the pacer's owner."""
+        self.stop()
+        self._send = _discard
+
     def snapshot(self) -> PacerState | None:
         """Everything another pacer needs to carry on this one's grid without a gap or a burst (None when
         stopped). The slot times are on the event loop's clock, which is the monotonic clock."""
@@ -159,6 +169,8 @@ class Pacer:
             return
         now = loop.time()
         if self._grace:
+            if not self.buffer:  # only part of a frame: wait for the rest until the grace ends (see _tick)
+                return
             # late by less than the grace: play it now rather than after a silence frame
             self._handle.cancel()
             self._grace = False
@@ -236,8 +248,12 @@ class Pacer:
         assert loop is not None
         now = loop.time()
         slot = self._next
-        if self._grace:  # grace expired with nothing to play
+        if self._grace:  # grace expired with nothing whole to play
             self._grace = False
+            if self.buffer.has_partial:  # a reply's last, short frame: padded and played now, not a slot later
+                self.buffer.flush_partial(self.buffer.partial_since)
+                self._emit(now)
+                return
             self._send(self._silence, None)
             self._talking = False
             self._hiccup = HICCUP_TICKS

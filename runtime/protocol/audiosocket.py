@@ -219,3 +219,17 @@ class ErrorCode(IntEnum):
     DRAINING = 0x03
     PROVIDER_UNAVAILABLE = 0x04
     PROTOCOL = 0x05
+
+
+def goodbye(code: int | None, error_frames: bool) -> bytes:
+    """The bytes that end a call: a hangup, preceded by an error frame only when ``error_frames`` is on and the
+    call ended for a reason that has a code.
+
+    Asterisk reads nothing but audio and a hangup from the server (``ast_audiosocket_receive_frame_with_hangup`` in
+    res/res_audiosocket.c): an error frame makes it log "Received AudioSocket message other than hangup or audio"
+    and fail the read, so the AudioSocket() application returns -1 and the dialplan after it does not run; a
+    hangup (or the socket's close) makes it return 0. A ``Dial(AudioSocket/...)`` channel hangs up either way.
+    """
+    if code is not None and error_frames:
+        return error_frame(code) + HANGUP_FRAME
+    return HANGUP_FRAME

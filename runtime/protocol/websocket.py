@@ -30,6 +30,7 @@ _CONTROL_OPCODES: Final = frozenset((CLOSE, PING, PONG))
 # close codes (RFC 6455 section 7.4.1)
 NORMAL: Final = 1000
 PROTOCOL_ERROR: Final = 1002
+NO_STATUS: Final = 1005  # what a close frame without a body stands for; never sent
 TOO_BIG: Final = 1009
 
 MAX_HANDSHAKE: Final = 16 * 1024
@@ -337,3 +338,17 @@ def parse_close(payload: bytes) -> tuple[int | None, str]:
         return None, ""
     (code,) = _LEN_16.unpack_from(payload)
     return code, payload[2:].decode("utf-8", "replace")
+
+
+def abnormal_end(close_code: int | None) -> str | None:
+    """How a peer's end of the connection differs from a normal goodbye, as a short label; None when it does not.
+
+    ``close_code`` is the code of the close frame the peer sent (``NO_STATUS`` for one without a body), None when
+    the connection ended without one (reset, or closed at the TCP level: a process killed, a host gone). A close
+    frame with ``NORMAL`` or no code is a goodbye; any other code (1001 going away, 1011 internal error, ...) is not.
+    """
+    if close_code is None:
+        return "dropped"
+    if close_code in (NORMAL, NO_STATUS):
+        return None
+    return f"close_{close_code}"

@@ -30,6 +30,7 @@ struct Echo;
 
 typedef struct Conn {
     PyObject_HEAD
+    PyObject *weakreflist;
     struct Echo *echo;
     Py_ssize_t index; /* in echo->conns, -1 once it left */
     int fd;           /* -1 once closed */
@@ -174,6 +175,7 @@ static void echo_remove(Echo *e, Conn *c) {
     e->conns[i]->index = i;
     e->n--;
     c->index = -1;
+    Py_CLEAR(c->protocol); /* closed and reported: the session's protocol and transport are free to go */
     Py_DECREF(c);
 }
 
@@ -225,9 +227,10 @@ static PyObject *Echo_add(Echo *e, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "the echo engine is closed");
         return NULL;
     }
-    Conn *c = PyObject_New(Conn, &ConnType);
+    Conn *c = PyObject_GC_New(Conn, &ConnType);
     if (c == NULL) return NULL;
     memset((char *)c + sizeof(PyObject), 0, sizeof(Conn) - sizeof(PyObject));
+    PyObject_GC_Track(c);
     c->echo = (Echo *)Py_NewRef(e);
     c->index = -1;
     c->fd = -1;
@@ -300,14 +303,25 @@ static int Echo_init(Echo *e, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-static PyObject *Echo_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+static PyObject *Echo_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds)) {
     Echo *e = (Echo *)type->tp_alloc(type, 0);
     if (e != NULL) e->sockfd = -1;
     return (PyObject *)e;
 }
 
+static int Echo_traverse(Echo *e, visitproc visit, void *arg) {
+    for (Py_ssize_t i = 0; i < e->n; i++) Py_VISIT(e->conns[i]);
+    return 0;
+}
+
+static int Echo_tp_clear(Echo *e) {
+    Py_XDECREF(Echo_close(e, NULL));
+    return 0;
+}
+
 static void Echo_dealloc(Echo *e) {
-    Echo_close(e, NULL);
+    PyObject_GC_UnTrack(e);
+    Py_XDECREF(Echo_close(e, NULL));
     if (e->sockfd >= 0) close(e->sockfd);
     PyMem_Free(e->conns);
     PyMem_Free(e->scratch);
@@ -326,7 +340,9 @@ static PyMethodDef Echo_methods[] = {
 static PyTypeObject EchoType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "avr_runtime.reference._echo.Echo",
     .tp_basicsize = sizeof(Echo),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Echo_traverse,
+    .tp_clear = (inquiry)Echo_tp_clear,
     .tp_doc = "Every STS session of a reference provider past its handshake, behind one descriptor.",
     .tp_new = Echo_new,
     .tp_init = (initproc)Echo_init,
@@ -361,13 +377,28 @@ static PyObject *Conn_is_open(Conn *c, PyObject *Py_UNUSED(ignored)) {
 
 static PyObject *Conn_buffered(Conn *c, PyObject *Py_UNUSED(ignored)) { return PyLong_FromSize_t(c->out.len); }
 
+/* tp_clear leaves the engine: the socket is closed through it when the connection is freed, and the engine's
+ * own tp_clear breaks the cycle between the two. */
+static int Conn_traverse(Conn *c, visitproc visit, void *arg) {
+    Py_VISIT((PyObject *)c->echo);
+    Py_VISIT(c->protocol);
+    return 0;
+}
+
+static int Conn_tp_clear(Conn *c) {
+    Py_CLEAR(c->protocol);
+    return 0;
+}
+
 static void Conn_dealloc(Conn *c) {
+    PyObject_GC_UnTrack(c);
+    if (c->weakreflist != NULL) PyObject_ClearWeakRefs((PyObject *)c);
     if (c->echo != NULL && c->fd >= 0) conn_close_fd(c);
     buf_free(&c->in);
     buf_free(&c->out);
-    Py_XDECREF(c->protocol);
+    Py_CLEAR(c->protocol);
     Py_XDECREF(c->echo);
-    PyObject_Free(c);
+    PyObject_GC_Del(c);
 }
 
 static PyMethodDef Conn_methods[] = {
@@ -380,9 +411,12 @@ static PyMethodDef Conn_methods[] = {
 static PyTypeObject ConnType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "avr_runtime.reference._echo.Conn",
     .tp_basicsize = sizeof(Conn),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "One STS session's socket in the echo engine.",
     .tp_dealloc = (destructor)Conn_dealloc,
+    .tp_traverse = (traverseproc)Conn_traverse,
+    .tp_clear = (inquiry)Conn_tp_clear,
+    .tp_weaklistoffset = offsetof(Conn, weakreflist),
     .tp_methods = Conn_methods,
 };
 

@@ -58,6 +58,10 @@ async def asr_stream(request: web.Request) -> web.StreamResponse:
     """Reads chunked PCM16 8 kHz; after each utterance writes one line describing it."""
     stats = request.app[STATS]
     stats["asr_streams"] += 1
+    if request.headers.get("X-UUID"):
+        stats["asr_x_uuid"] += 1
+    if request.headers.get("traceparent"):
+        stats["asr_traceparent"] += 1
     resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await resp.prepare(request)
     windows = AnalysisWindows(160, 0.0)  # 20 ms at 8 kHz
@@ -89,6 +93,10 @@ async def asr_stream(request: web.Request) -> web.StreamResponse:
 async def llm_stream(request: web.Request) -> web.StreamResponse:
     stats, opts = request.app[STATS], request.app[OPTS]
     stats["llm_requests"] += 1
+    if request.headers.get("X-UUID"):
+        stats["llm_x_uuid"] += 1
+    if request.headers.get("traceparent"):
+        stats["llm_traceparent"] += 1
     body = await request.json()
     message = str(body.get("message", ""))
     turn = len(body.get("messages", [])) // 2 + 1
@@ -128,6 +136,10 @@ async def tts_stream(request: web.Request) -> web.StreamResponse:
     """Streams PCM16 8 kHz faster than real time, as cloud TTS does. Text containing "fail" gets HTTP 500."""
     stats, opts = request.app[STATS], request.app[OPTS]
     stats["tts_requests"] += 1
+    if request.headers.get("X-UUID"):
+        stats["tts_x_uuid"] += 1
+    if request.headers.get("traceparent"):
+        stats["tts_traceparent"] += 1
     body = await request.json()
     text = str(body.get("text", ""))
     if "fail" in text.lower():

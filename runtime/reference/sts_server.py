@@ -165,6 +165,8 @@ class StsServerProtocol(asyncio.Protocol):
                 self._reply_and_close("400 Bad Request", {"error": str(exc)})
                 return b""
             self._session = EchoSession(self.stats, request.query)
+            if "traceparent" in request.headers:  # what tests of the worker's tracing look for
+                self.stats[f"sts_traceparent:{request.headers['traceparent'].split('-')[1]}"] += 1
             return buf[size:]
         if request.method == "GET" and request.path == "/health":
             self._reply_and_close("200 OK", {"status": "ok"})

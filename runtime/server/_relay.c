@@ -95,6 +95,7 @@ typedef struct {
 
 typedef struct Relay {
     PyObject_HEAD
+    PyObject *weakreflist;
     struct Engine *engine;
     Py_ssize_t index;  /* in engine->relays, -1 when not registered */
     Side side[2];
@@ -125,6 +126,7 @@ typedef struct Relay {
     /* state */
     int ws_close_sent;
     unsigned long long frames_in;
+    double first_audio; /* when the provider's first audio arrived here (monotonic), 0 before */
 } Relay;
 
 typedef struct Engine {
@@ -383,8 +385,13 @@ static void pacer_emit(Relay *r, double anchor, double now) {
 
 static void pacer_tick(Relay *r, double now) {
     double slot = r->next;
-    if (r->grace) { /* grace expired with nothing to play */
+    if (r->grace) { /* grace expired with nothing whole to play */
         r->grace = 0;
+        if (r->partial_len) { /* a reply's last, short frame: padded and played now, not a slot later */
+            r->engine->dropped_overflow += (unsigned long long)playout_flush_partial(r, r->partial_since);
+            pacer_emit(r, now, now);
+            return;
+        }
         pacer_send(r, NULL, 0.0);
         r->talking = 0;
         r->hiccup = HICCUP_TICKS;
@@ -411,6 +418,7 @@ static void pacer_tick(Relay *r, double now) {
 static void pacer_audio_arrived(Relay *r, int was_empty, double now) {
     if (!r->pacing || !was_empty) return;
     if (r->grace) {
+        if (r->count == 0) return; /* only part of a frame: wait for the rest until the grace ends */
         r->grace = 0;
         pacer_emit(r, now, now);
         engine_arm(r->engine, r->next);
@@ -426,6 +434,7 @@ static void pacer_audio_arrived(Relay *r, int was_empty, double now) {
 }
 
 static void relay_push(Relay *r, const uint8_t *pcm, size_t n, double now) {
+    if (r->first_audio == 0.0 && n) r->first_audio = now;
     int was_empty = r->count == 0;
     int dropped = playout_push(r, pcm, n, now);
     r->engine->dropped_overflow += (unsigned long long)dropped;
@@ -671,6 +680,10 @@ static void engine_arm(Engine *e, double when) {
     if (timerfd_settime(e->tfd, TFD_TIMER_ABSTIME, &spec, NULL) == 0) e->armed = at;
 }
 
+static void relay_release(Relay *r);
+
+/* Both sides are closed and reported: the relay leaves the engine and lets go of the Python objects it called,
+ * so the call's protocols, transports and this relay are freed by reference counting when the call ends. */
 static void engine_remove(Engine *e, Relay *r) {
     if (r->index < 0) return;
     Py_ssize_t i = r->index;
@@ -678,6 +691,7 @@ static void engine_remove(Engine *e, Relay *r) {
     e->relays[i]->index = i;
     e->n--;
     r->index = -1;
+    relay_release(r);
     Py_DECREF(r);
 }
 
@@ -835,9 +849,10 @@ static PyObject *Engine_add(Engine *e, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "silence_packet is longer than an Opus packet");
         return NULL;
     }
-    Relay *r = PyObject_New(Relay, &RelayType);
+    Relay *r = PyObject_GC_New(Relay, &RelayType);
     if (r == NULL) return NULL;
     memset((char *)r + sizeof(PyObject), 0, sizeof(Relay) - sizeof(PyObject));
+    PyObject_GC_Track(r); /* every reference it holds is NULL or set below, so it can be traversed from here on */
     r->engine = (Engine *)Py_NewRef(e);
     r->index = -1;
     r->side[0].fd = r->side[1].fd = -1;
@@ -961,14 +976,26 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+static PyObject *Engine_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds)) {
     Engine *e = (Engine *)type->tp_alloc(type, 0);
     if (e != NULL) e->epfd = e->sockfd = e->tfd = -1;
     return (PyObject *)e;
 }
 
+static int Engine_traverse(Engine *e, visitproc visit, void *arg) {
+    for (Py_ssize_t i = 0; i < e->n; i++) Py_VISIT(e->relays[i]);
+    return 0;
+}
+
+/* An engine nobody can reach any more (no event loop watches it): its calls are over. */
+static int Engine_tp_clear(Engine *e) {
+    Py_XDECREF(Engine_close(e, NULL));
+    return 0;
+}
+
 static void Engine_dealloc(Engine *e) {
-    Engine_close(e, NULL);
+    PyObject_GC_UnTrack(e);
+    Py_XDECREF(Engine_close(e, NULL));
     if (e->epfd >= 0) close(e->epfd);
     if (e->sockfd >= 0) close(e->sockfd);
     if (e->tfd >= 0) close(e->tfd);
@@ -991,7 +1018,9 @@ static PyMethodDef Engine_methods[] = {
 static PyTypeObject EngineType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "avr_runtime.server._relay.Engine",
     .tp_basicsize = sizeof(Engine),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Engine_traverse,
+    .tp_clear = (inquiry)Engine_tp_clear,
     .tp_doc = "Every relayed call of a worker, behind one epoll descriptor.",
     .tp_new = Engine_new,
     .tp_init = (initproc)Engine_init,
@@ -1142,18 +1171,42 @@ static PyObject *Relay_get_queued(Relay *r, void *Py_UNUSED(closure)) { return P
 
 static PyObject *Relay_get_pacing(Relay *r, void *Py_UNUSED(closure)) { return PyBool_FromLong(r->pacing); }
 
+static PyObject *Relay_get_first_audio(Relay *r, void *Py_UNUSED(closure)) { return PyFloat_FromDouble(r->first_audio); }
+
+static void relay_release(Relay *r) {
+    Py_CLEAR(r->side[0].protocol);
+    Py_CLEAR(r->side[1].protocol);
+    Py_CLEAR(r->opus_owner); /* the codec's state: used only while the caller's side is open */
+}
+
+/* tp_clear leaves the engine: the relay's sockets are closed through it when it is freed, and the engine's own
+ * tp_clear breaks the cycle between the two. */
+static int Relay_traverse(Relay *r, visitproc visit, void *arg) {
+    Py_VISIT((PyObject *)r->engine);
+    Py_VISIT(r->side[0].protocol);
+    Py_VISIT(r->side[1].protocol);
+    Py_VISIT(r->opus_owner);
+    return 0;
+}
+
+static int Relay_tp_clear(Relay *r) {
+    relay_release(r);
+    return 0;
+}
+
 static void Relay_dealloc(Relay *r) {
+    PyObject_GC_UnTrack(r);
+    if (r->weakreflist != NULL) PyObject_ClearWeakRefs((PyObject *)r);
     for (int w = 0; w < 2; w++) {
         if (r->engine != NULL && r->side[w].fd >= 0) side_close_fd(&r->side[w]);
         buf_free(&r->side[w].in);
         buf_free(&r->side[w].out);
-        Py_XDECREF(r->side[w].protocol);
     }
+    relay_release(r);
     PyMem_Free(r->frames);
     PyMem_Free(r->arrived);
-    Py_XDECREF(r->opus_owner);
     Py_XDECREF(r->engine);
-    PyObject_Free(r);
+    PyObject_GC_Del(r);
 }
 
 static PyMethodDef Relay_methods[] = {
@@ -1173,14 +1226,19 @@ static PyGetSetDef Relay_getset[] = {
     {"frames_in", (getter)Relay_get_frames_in, NULL, "Caller audio frames forwarded to the provider.", NULL},
     {"queued", (getter)Relay_get_queued, NULL, "Frames in the playout buffer.", NULL},
     {"pacing", (getter)Relay_get_pacing, NULL, "Whether the pacer runs.", NULL},
+    {"first_audio", (getter)Relay_get_first_audio, NULL, "When provider audio first arrived (monotonic; 0: not yet).",
+     NULL},
     {NULL}};
 
 static PyTypeObject RelayType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "avr_runtime.server._relay.Relay",
     .tp_basicsize = sizeof(Relay),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "One relayed call: its two sockets, playout buffer and pacer.",
     .tp_dealloc = (destructor)Relay_dealloc,
+    .tp_traverse = (traverseproc)Relay_traverse,
+    .tp_clear = (inquiry)Relay_tp_clear,
+    .tp_weaklistoffset = offsetof(Relay, weakreflist),
     .tp_methods = Relay_methods,
     .tp_getset = Relay_getset,
 };

@@ -27,6 +27,13 @@ _SLIN_HEADER = bytes((Kind.AUDIO, 0x01, 0x40))  # audio, 320 bytes
 _SLIN_FRAME = 3 + 320
 
 
+def end_code(reason: str, error_code: int | None) -> int | None:
+    """The error code of a call that ends for ``reason`` (None: it did not fail)."""
+    if error_code is not None:
+        return error_code
+    return ErrorCode.PROTOCOL if reason.startswith("protocol_error") else None
+
+
 class AudioSocketConnection(asyncio.Protocol):
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
@@ -73,7 +80,7 @@ class AudioSocketConnection(asyncio.Protocol):
         metrics.CALLS_REFUSED.labels(reason).inc()
         log.warning("call from %s refused: %s", self.source, reason, extra={"reason": reason})
         assert self.transport is not None
-        self.transport.write(wire.error_frame(code))
+        self.transport.write(wire.goodbye(code, self.ctx.settings.audiosocket_error_frames))
         self.transport.close()
         self._closed = True
 
@@ -133,6 +140,7 @@ class AudioSocketConnection(asyncio.Protocol):
             self._slin = False  # until the first audio frame says it is 8 kHz slin
             self._relay_wanted = self.ctx.relays is not None and isinstance(self.call.session, StsSession)
             self.task = asyncio.ensure_future(self.call.run())
+            self.task.add_done_callback(self._call_over)
         elif kind is Kind.DTMF:
             if call is None:
                 raise ProtocolError("dtmf_before_uuid", "DTMF received before the call identifier")
@@ -180,7 +188,7 @@ class AudioSocketConnection(asyncio.Protocol):
         if self.call is not None:
             self.call.end(f"protocol_error:{exc.reason}")
         elif self.transport is not None:
-            self.transport.write(wire.error_frame(ErrorCode.PROTOCOL))
+            self.transport.write(wire.goodbye(ErrorCode.PROTOCOL, self.ctx.settings.audiosocket_error_frames))
             self._close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -195,6 +203,11 @@ class AudioSocketConnection(asyncio.Protocol):
             self.call.end("disconnected")
         else:
             self._release()
+        self.transport = None  # a relayed call's transport refers back to this protocol
+
+    def _call_over(self, task: asyncio.Task[str]) -> None:
+        """The call refers to this leg: forget it once it has ended, so neither keeps the other alive."""
+        self.call = None
 
     # --- the C relay (server/relay.py) ---
 
@@ -243,16 +256,13 @@ class AudioSocketConnection(asyncio.Protocol):
         if self.edge is not None:
             transport.write(self.edge.outbound(frame))
             return
-        if self.law is not None:
-            frame = g711.pcm_to_ulaw(frame) if self.law == "ulaw" else g711.pcm_to_alaw(frame)
+        # slin whatever the caller sends: Asterisk reads every 0x10 frame as slin (res_audiosocket.c), G.711 too
         transport.write(wire.audio_frame(frame))
 
     def hang_up(self, reason: str, error_code: int | None) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            if error_code is not None or reason.startswith("protocol_error"):
-                transport.write(wire.error_frame(error_code if error_code is not None else ErrorCode.PROTOCOL))
-            transport.write(wire.HANGUP_FRAME)
+            transport.write(wire.goodbye(end_code(reason, error_code), self.ctx.settings.audiosocket_error_frames))
         self._close()
 
     def _close(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Protocol
 
 from avr_runtime.audio import pcm
@@ -15,7 +16,7 @@ from avr_runtime.audio.resample import Upsampler
 from avr_runtime.audio.vad import EnergyVad
 from avr_runtime.protocol.audiosocket import ErrorCode
 from avr_runtime.server.context import WorkerContext
-from avr_runtime.services import metrics
+from avr_runtime.services import metrics, tracing
 from avr_runtime.services.pool import ProviderUnavailable
 from avr_runtime.services.providers.base import ProviderSession
 
@@ -40,6 +41,11 @@ _out_audio = metrics.FRAMES_OUT_AUDIO.inc
 _out_silence = metrics.FRAMES_OUT_SILENCE.inc
 
 
+#: Every Call object still in memory, for ``avr_call_objects``: a leak shows as this outgrowing the live calls.
+_objects: weakref.WeakSet[Call] = weakref.WeakSet()
+metrics.CALL_OBJECTS.set_function(lambda: len(_objects))
+
+
 class Call:
     def __init__(self, ctx: WorkerContext, call_uuid: str, leg: Leg, leg_name: str, source: str) -> None:
         self.ctx = ctx
@@ -47,7 +53,9 @@ class Call:
         self.leg = leg
         self.leg_name = leg_name
         self.source = source
-        self.metadata: dict[str, Any] = ctx.metadata.pop(call_uuid, {})
+        _objects.add(self)
+        self._info = ctx.directory.take_local(call_uuid)  # else asked of the peers when the call runs
+        self.metadata: dict[str, Any] = self._info.payload if self._info is not None else {}
         s = ctx.settings
         self.playout = PlayoutBuffer(
             pcm.SLIN8_FRAME_BYTES, max(1, s.playout_max_ms // pcm.FRAME_MS), s.playout_overflow
@@ -64,10 +72,11 @@ class Call:
             clock=ctx.clock,
         )
         # created now, so caller audio that arrives while the provider connects is queued, not lost
-        self.session: ProviderSession | None = ctx.new_session(call_uuid, self, self.metadata)
+        self.session: ProviderSession | None = ctx.new_session(call_uuid, self, self._info)
         self._ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._started = time.monotonic()
         self._frames_in = 0
+        self._first_audio = 0.0  # monotonic time of the provider's first audio in Python (the relay keeps its own)
         self._relay: Relay | None = None  # once the call's audio runs in the compiled data plane (relay.py)
         # local barge-in detection: the HTTP chain has no provider-side VAD
         self._vad: EnergyVad | None = None
@@ -108,6 +117,8 @@ class Call:
     # --- from the provider (Listener) ---
 
     def on_audio(self, data: bytes) -> None:
+        if not self._first_audio:
+            self._first_audio = time.monotonic()
         if self._relay is not None:
             self._relay.push(data)
             return
@@ -167,17 +178,71 @@ class Call:
             return "provider_unavailable"
         return None
 
+    async def _find_info(self) -> None:
+        """The call's /call metadata from the peer pod that holds it, unless the caller leaves first."""
+        lookup = asyncio.ensure_future(self.ctx.directory.take(self.uuid))
+        waiting: set[asyncio.Future[Any]] = {lookup, self._ended}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not lookup.done():
+            lookup.cancel()
+            return
+        info = lookup.result()
+        if info is not None:
+            self._info, self.metadata = info, info.payload
+            if self.session is not None:
+                self.session.set_call_info(self.ctx.sts_url_for(info), info.payload)
+
+    def _caller_limited(self) -> bool:
+        """RATE_LIMIT applies per caller (the /call payload's ``from``): one PBX carries every caller's calls from
+        one address, which only SOURCE_RATE_LIMIT bounds. A call with no caller id is not limited per caller."""
+        caller = self.metadata.get("from")
+        if caller is None or caller == "":
+            return False
+        if self.ctx.caller_limiter.hit(str(caller)) is None:
+            return False
+        metrics.RATE_LIMITED.labels("caller").inc()
+        metrics.CALLS_REFUSED.labels("rate_limited").inc()
+        log.warning("call %s from caller %s refused: rate_limited", self.uuid, caller, extra={"uuid": self.uuid})
+        return True
+
+    async def _refuse(self, reason: str, code: ErrorCode) -> str:
+        """End a call that never started (no provider session was opened)."""
+        self.pacer.stop()
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                await self.session.close()
+        self.leg.hang_up(reason, code)
+        self.ctx.remove_call(self)
+        return reason
+
     async def run(self) -> str:
         """Connect the provider, play until the call ends; returns the reason it ended."""
+        attributes = {"avr.call.uuid": self.uuid, "avr.call.leg": self.leg_name, "avr.mode": self.ctx.settings.mode}
+        with tracing.TRACER.start_as_current_span("call", attributes=attributes) as span:
+            reason = await self._run()
+            span.set_attribute("avr.call.end_reason", reason)
+            first = self._first_audio or (self._relay.first_audio if self._relay is not None else 0.0)
+            if first:  # a span of its own: from the call's start to the provider's first audio
+                tracing.TRACER.start_span("first_audio", start_time=tracing.epoch_ns(self._started)).end(
+                    end_time=tracing.epoch_ns(first)
+                )
+            self._let_go()
+            return reason
+
+    async def _run(self) -> str:
         ctx = self.ctx
         ctx.add_call(self)
+        self.pacer.start()  # the caller hears silence while its metadata is looked up
+        if self._info is None and ctx.directory.has_peers:
+            await self._find_info()
+        if self._caller_limited():
+            return await self._refuse("rate_limited", ErrorCode.RATE_LIMITED)
         metrics.CALLS_STARTED.labels(self.leg_name).inc()
         log.info(
             "call started",
             extra={"uuid": self.uuid, "leg": self.leg_name, "source": self.source, "mode": ctx.settings.mode},
         )
         ctx.emit(self.uuid, "call_started", {"leg": self.leg_name, **self.metadata})
-        self.pacer.start()
         reason = "cancelled"
         failed = False
         try:
@@ -204,6 +269,10 @@ class Call:
             ctx.remove_call(self)
             metrics.CALLS_ENDED.labels(reason.split(":")[0]).inc()
             duration = time.monotonic() - self._started
+            metrics.CALL_DURATION.observe(duration)
+            first = self._first_audio or (self._relay.first_audio if self._relay is not None else 0.0)
+            if first:
+                metrics.FIRST_AUDIO.observe(first - self._started)
             log.info(
                 "call ended",
                 extra={
@@ -216,3 +285,12 @@ class Call:
             )
             ctx.emit(self.uuid, "call_ended", {"reason": reason, "duration": round(duration, 3)})
         return reason
+
+    def _let_go(self) -> None:
+        """Break the references between the call's parts once it is over (the session's listener is this call,
+        the relay's protocols are its connections), so reference counting frees them at once: left to the cyclic
+        collector, every ended call's objects would reach its oldest generation, whose full collections stall
+        the event loop in proportion to it."""
+        self.pacer.close()
+        self.session = None
+        self._relay = None

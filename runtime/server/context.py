@@ -7,8 +7,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cachetools import TTLCache
-
 from avr_runtime.audio.clock import SlotClock
 from avr_runtime.config import Settings
 from avr_runtime.protocol import websocket
@@ -16,11 +14,13 @@ from avr_runtime.server import relay
 from avr_runtime.server.relay import Relays
 from avr_runtime.services import metrics
 from avr_runtime.services.cache import TtsCache
+from avr_runtime.services.directory import CallDirectory, CallInfo
 from avr_runtime.services.limiter import CallSlots, RateLimiter
+from avr_runtime.services.podcost import PodDeletionCost
 from avr_runtime.services.pool import HttpPool, RetryPolicy
 from avr_runtime.services.providers.base import Listener, ProviderSession
 from avr_runtime.services.providers.chain import ChainSession, TtsClient
-from avr_runtime.services.providers.sts import StsSession
+from avr_runtime.services.providers.sts import StsSession, with_query
 from avr_runtime.services.webhooks import WebhookSender
 
 if TYPE_CHECKING:
@@ -34,13 +34,15 @@ class WorkerContext:
     settings: Settings
     policy: RetryPolicy
     cache: TtsCache
-    http_limiter: RateLimiter
-    call_limiter: RateLimiter
+    http_limiter: RateLimiter  # per source address
+    call_limiter: RateLimiter  # new calls per source address: a ceiling for a whole PBX
+    caller_limiter: RateLimiter  # new calls per caller
     slots: CallSlots
-    metadata: TTLCache[str, dict[str, Any]]
+    directory: CallDirectory  # /call metadata, here or on a peer
     clock: SlotClock  # shared by every call's pacer
     webhooks: WebhookSender | None = None
     relays: Relays | None = None  # the C data plane, when built and enabled
+    pod_cost: PodDeletionCost | None = None
     asr: HttpPool | None = None
     llm: HttpPool | None = None
     tts: TtsClient | None = None
@@ -67,10 +69,17 @@ class WorkerContext:
             settings=settings,
             policy=policy,
             cache=TtsCache(settings.cache_max_size, settings.cache_ttl),
-            http_limiter=RateLimiter(settings.rate_limit, settings.rate_window),
-            call_limiter=RateLimiter(settings.rate_limit, settings.rate_window),
+            http_limiter=RateLimiter(settings.source_rate_limit, settings.rate_window),
+            call_limiter=RateLimiter(settings.source_rate_limit, settings.rate_window),
+            caller_limiter=RateLimiter(settings.rate_limit, settings.rate_window),
             slots=CallSlots(settings.max_concurrent_calls),
-            metadata=TTLCache(maxsize=100_000, ttl=settings.call_metadata_ttl),
+            directory=CallDirectory(
+                settings.call_metadata_ttl,
+                settings.peer_service,
+                settings.http_port,
+                settings.peer_timeout_ms / 1000,
+                settings.api_token.get_secret_value() if settings.api_token else None,
+            ),
             clock=SlotClock(asyncio.get_running_loop()),
         )
         if settings.asr_url and settings.llm_url and settings.tts_url:
@@ -81,18 +90,35 @@ class WorkerContext:
             ctx.relays = Relays(
                 asyncio.get_running_loop(), websocket.DEFAULT_MAX_MESSAGE, settings.fast_path_poll_ms / 1000
             )
+        if settings.pod_deletion_cost:
+            assert settings.pod_namespace and settings.pod_name  # checked with the settings
+            ctx.pod_cost = PodDeletionCost.in_cluster(
+                settings.pod_namespace,
+                settings.pod_name,
+                settings.service_account_dir,
+                settings.pod_deletion_cost_interval,
+            )
+            ctx.pod_cost.start()
         if settings.webhook_url:
             secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
             ctx.webhooks = WebhookSender(settings.webhook_url, secret, settings.webhook_timeout, settings.webhook_retry)
             ctx.webhooks.start()
         ctx.idle.set()
+        metrics.CALL_CAPACITY.set(settings.max_concurrent_calls)
         ctx.update_readiness()
         return ctx
 
-    def new_session(self, call_uuid: str, listener: Listener, metadata: dict[str, Any]) -> ProviderSession | None:
+    def sts_url_for(self, info: CallInfo | None) -> str | None:
+        """The STS URL a call connects to: a webhook's override, else STS_URL, with the /call payload appended."""
+        base = info.sts_url if info is not None and info.sts_url else self.settings.sts_url
+        return with_query(base, info.payload) if base and info is not None else base
+
+    def new_session(self, call_uuid: str, listener: Listener, info: CallInfo | None) -> ProviderSession | None:
         s = self.settings
         if s.sts_url:
-            return StsSession(self.policy, s.sts_url, call_uuid, listener, metadata)
+            url = self.sts_url_for(info)
+            assert url is not None
+            return StsSession(self.policy, url, call_uuid, listener, info.payload if info is not None else {})
         if self.asr and self.llm and self.tts and s.asr_url and s.llm_url:
             return ChainSession(
                 asr=self.asr,
@@ -114,8 +140,15 @@ class WorkerContext:
         return not self.draining and not self.slots.full
 
     def update_readiness(self) -> None:
+        """Called whenever a call takes or frees a slot: the gauges the Service and the autoscaler act on."""
+        slots = self.slots
         metrics.READY.set(1 if self.ready else 0)
-        metrics.ACTIVE_CALLS.set(self.slots.active)
+        metrics.ACTIVE_CALLS.set(slots.active)
+        # Calls beyond the cap are refused, never queued: every call in the system holds a slot.
+        metrics.QUEUE_LENGTH.set(slots.active)
+        metrics.CALL_UTILIZATION.set(min(1.0, slots.active / slots.capacity))
+        if self.pod_cost is not None:
+            self.pod_cost.update(slots.active)
 
     def sync_metrics(self) -> None:
         if self.relays is not None:
@@ -125,6 +158,9 @@ class WorkerContext:
         if self.relays is not None:
             self.relays.close()
             self.relays = None
+        await self.directory.close()
+        if self.pod_cost is not None:
+            await self.pod_cost.close()
         if self.webhooks is not None:
             await self.webhooks.close()
         for pool in (self.asr, self.llm, self.tts.pool if self.tts else None):

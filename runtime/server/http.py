@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -12,7 +14,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from avr_runtime.server import stream
 from avr_runtime.server.context import WorkerContext
 from avr_runtime.services import metrics
+from avr_runtime.services.directory import CallInfo
 from avr_runtime.services.pool import ProviderUnavailable
+
+log = logging.getLogger(__name__)
 
 CTX: Final = web.AppKey("ctx", WorkerContext)
 #: Probes and scrapes are never rate limited: a throttled probe would restart a healthy pod.
@@ -21,6 +26,21 @@ MAX_PREWARM: Final = 1000
 PREWARM_PARALLEL: Final = 4
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With API_TOKEN set, what changes state (POST) needs ``Authorization: Bearer <API_TOKEN>``."""
+    token = request.app[CTX].settings.api_token
+    if token is not None and request.method == "POST":
+        sent = request.headers.get("Authorization", "")
+        expected = f"Bearer {token.get_secret_value()}"
+        if not hmac.compare_digest(sent.encode(), expected.encode()):
+            metrics.UNAUTHORIZED.inc()
+            return web.json_response(
+                {"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": 'Bearer realm="avr"'}
+            )
+    return await handler(request)
 
 
 @web.middleware
@@ -76,9 +96,28 @@ async def register_call(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="'uuid' must be a non-empty string")
     if not isinstance(payload, dict):
         raise web.HTTPBadRequest(text="'payload' must be an object")
-    ctx.metadata[call_uuid] = payload
-    ctx.emit(call_uuid, "call_initiated", payload)
-    return web.json_response({"status": "ok", "uuid": call_uuid})
+    override: str | None = None
+    if ctx.webhooks is not None:
+        # avr-core waits for the call_initiated webhook: its answer may route the call to another STS URL
+        answer = await ctx.webhooks.deliver_now(call_uuid, "call_initiated", payload)
+        url = answer.get("sts_url") if answer is not None else None
+        if isinstance(url, str) and url.startswith(("ws://", "wss://")):
+            override = url
+            log.info("call %s: the webhook routes it to %s", call_uuid, url, extra={"uuid": call_uuid})
+    info = CallInfo(payload, override)
+    ctx.directory.put(call_uuid, info)
+    # avr-core's answer (sts_url, override), and ours before it (status, uuid)
+    return web.json_response(
+        {"status": "ok", "uuid": call_uuid, "sts_url": ctx.sts_url_for(info), "override": override is not None}
+    )
+
+
+async def claim_call(request: web.Request) -> web.Response:
+    """A peer pod's call arrived without its metadata, which landed here: hand it over (once)."""
+    info = request.app[CTX].directory.take_local(request.match_info["uuid"])
+    if info is None:
+        raise web.HTTPNotFound(text="no metadata for this call here")
+    return web.json_response(info.to_json())
 
 
 async def prewarm(request: web.Request) -> web.Response:
@@ -114,7 +153,7 @@ async def prewarm(request: web.Request) -> web.Response:
 
 
 def build_app(ctx: WorkerContext) -> web.Application:
-    app = web.Application(middlewares=[rate_limit], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[rate_limit, authenticate], client_max_size=1024 * 1024)
     app[CTX] = ctx
 
     async def stream_handler(request: web.Request) -> web.StreamResponse:
@@ -124,6 +163,7 @@ def build_app(ctx: WorkerContext) -> web.Application:
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", prometheus)
     app.router.add_post("/call", register_call)
+    app.router.add_post("/call/{uuid}/claim", claim_call)
     app.router.add_post("/cache/prewarm", prewarm)
     app.router.add_get("/stream", stream_handler)
     return app

@@ -366,6 +366,7 @@ async def handle(request: web.Request, ctx: WorkerContext) -> web.StreamResponse
         conn.relay_wanted = ctx.relays is not None and stream_codec.relayable and isinstance(call.session, StsSession)
         transport.resume_reading()
         await call.run()
+        conn.call = None  # the call refers to its leg: neither keeps the other alive once it is over
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(conn.closed), CLOSE_WAIT + 1.0)
     finally:

@@ -11,7 +11,7 @@ import signal
 
 from aiohttp import web
 
-from avr_runtime.config import Settings
+from avr_runtime.config import DrainMode, Settings
 from avr_runtime.loop import new_event_loop
 from avr_runtime.server.audiosocket import AudioSocketConnection
 from avr_runtime.server.context import WorkerContext
@@ -64,9 +64,13 @@ class Worker:
         if self._server is not None:
             self._server.close()  # stop listening: new AudioSocket connections are refused by the kernel
         live = len(ctx.calls)
-        log.info("draining %d live call(s), up to %.0fs", live, self.settings.drain_timeout)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ctx.idle.wait(), self.settings.drain_timeout)
+        if self.settings.drain_mode is DrainMode.UNTIL_EMPTY:
+            log.info("draining %d live call(s) until the last one ends", live)
+            await ctx.idle.wait()
+        else:
+            log.info("draining %d live call(s), up to %.0fs", live, self.settings.drain_timeout)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx.idle.wait(), self.settings.drain_timeout)
         cut = len(ctx.calls)
         for call in list(ctx.calls.values()):
             call.end("drain_timeout")

@@ -21,8 +21,20 @@ _REQ_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 ACTIVE_CALLS: Final = Gauge("avr_active_calls", "Calls in progress on this worker (AudioSocket and stream legs).")
 QUEUE_LENGTH: Final = Gauge(
     "avr_queue_length",
-    "Units of work waiting right now: calls accepted but still waiting for their provider connection, plus "
-    "provider requests waiting for a free pooled connection. The autoscaling signal.",
+    "Calls in the system on this worker: in progress (those still connecting to their provider included) plus "
+    "any waiting to be admitted. The autoscaling signal: its average per pod against avr_call_capacity.",
+)
+CALL_CAPACITY: Final = Gauge("avr_call_capacity", "Calls this worker accepts at once (MAX_CONCURRENT_CALLS).")
+CALL_UTILIZATION: Final = Gauge("avr_call_utilization", "avr_queue_length / avr_call_capacity, 0 to 1.")
+PROVIDER_WAITING: Final = Gauge(
+    "avr_provider_waiting",
+    "Work waiting for a provider: calls whose provider connection is being made, plus provider requests waiting "
+    "for a free pooled connection. High while avr_queue_length is low means slow providers, not too few pods.",
+)
+CALL_OBJECTS: Final = Gauge(
+    "avr_call_objects",
+    "Call objects in the worker's memory, ended ones not yet freed included. Above avr_active_calls for long "
+    "means ended calls are not being freed.",
 )
 READY: Final = Gauge("avr_ready", "1 when the worker accepts new calls (not draining, below capacity).")
 DRAINING: Final = Gauge("avr_draining", "1 after SIGTERM while live calls finish.")
@@ -38,7 +50,23 @@ CALLS_RELAYED: Final = Counter(
 WIDEBAND_CALLS: Final = Counter(
     "avr_audiosocket_wideband_calls_total", "AudioSocket calls above 8 kHz, by format.", ["format"]
 )
-RATE_LIMITED: Final = Counter("avr_rate_limited_total", "Requests or calls refused by the rate limiter.", ["scope"])
+RATE_LIMITED: Final = Counter(
+    "avr_rate_limited_total",
+    "Requests or calls refused by the rate limiter, by scope: http or call (per source address), caller.",
+    ["scope"],
+)
+POD_COST_UPDATES: Final = Counter(
+    "avr_pod_deletion_cost_updates_total", "Updates of the pod's deletion cost, by outcome (ok, failed).", ["outcome"]
+)
+UNAUTHORIZED: Final = Counter(
+    "avr_http_unauthorized_total", "HTTP API requests refused for a missing or wrong API_TOKEN."
+)
+PEER_LOOKUPS: Final = Counter(
+    "avr_peer_lookups_total",
+    "Calls that arrived without their /call metadata and asked the other pods, by result "
+    "(found, none, timeout, error).",
+    ["result"],
+)
 
 
 class LoopHistogram(Collector):
@@ -88,6 +116,17 @@ FRAME_LATENCY: Final = LoopHistogram(
     "Time provider audio waits in the worker before it is sent to the caller (playout and pacing).",
     buckets=_MS_BUCKETS,
 )
+CALL_DURATION: Final = Histogram(
+    "avr_call_duration_seconds",
+    "Calls from their start to their end, whatever ended them (refused calls are not counted).",
+    buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+)
+FIRST_AUDIO: Final = Histogram(
+    "avr_first_audio_seconds",
+    "From a call's start to the provider's first audio: the greeting's delay as the caller hears it, the provider "
+    "connection included. Calls whose provider never spoke are not counted.",
+    buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+)
 TURN_LATENCY: Final = Histogram(
     "avr_turn_latency_seconds",
     "From the end of the caller's utterance (transcript received) to the first audio of the reply.",
@@ -125,9 +164,9 @@ DROPPED_BACKPRESSURE: Final = FRAMES_DROPPED.labels("backpressure")
 
 @contextmanager
 def queued() -> Iterator[None]:
-    """Count a unit of work in ``avr_queue_length`` while it waits."""
-    QUEUE_LENGTH.inc()
+    """Count a unit of work in ``avr_provider_waiting`` while it waits for a provider."""
+    PROVIDER_WAITING.inc()
     try:
         yield
     finally:
-        QUEUE_LENGTH.dec()
+        PROVIDER_WAITING.dec()

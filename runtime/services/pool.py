@@ -1,7 +1,7 @@
 """Pooled provider connections with timeouts and retries (exponential backoff, full jitter).
 
 One ``HttpPool`` per provider: request/response providers (LLM, TTS) share at most ``size`` keep-alive connections,
-and requests beyond that wait in ``avr_queue_length``; per-call streams (ASR, STS) get a connection each.
+and requests beyond that wait in ``avr_provider_waiting``; per-call streams (ASR, STS) get a connection each.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TypeVar
 import aiohttp
 import orjson
 
-from avr_runtime.services import metrics
+from avr_runtime.services import metrics, tracing
 
 T = TypeVar("T")
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -104,12 +104,19 @@ class HttpPool:
             metrics.PROVIDER_DURATION.labels(self.name).observe(time.perf_counter() - start)
 
     @asynccontextmanager
-    async def post_json(self, url: str, payload: object) -> AsyncIterator[aiohttp.ClientResponse]:
-        """POST JSON through the pool with retries; yields a streaming response whose status is below 400."""
+    async def post_json(
+        self, url: str, payload: object, call_uuid: str | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST JSON through the pool with retries; yields a streaming response whose status is below 400.
+
+        ``call_uuid`` goes as ``X-UUID``, as avr-core (1.5.5 and later) sends it on every provider request."""
         body = orjson.dumps(payload)
+        headers = {**_JSON_HEADERS, **tracing.headers()}
+        if call_uuid is not None:
+            headers["X-UUID"] = call_uuid
         async with self.slot():
             resp = await with_retries(
-                self.name, self.policy, lambda: self.session.post(url, data=body, headers=_JSON_HEADERS)
+                self.name, self.policy, lambda: self.session.post(url, data=body, headers=headers)
             )
             async with resp:
                 if resp.status >= 400:

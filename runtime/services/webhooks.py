@@ -58,7 +58,14 @@ class WebhookSender:
         except asyncio.QueueFull:
             metrics.WEBHOOKS.labels("dropped").inc()
 
-    async def _deliver(self, body: dict[str, Any]) -> None:
+    async def deliver_now(self, call_uuid: str, kind: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """Deliver one event and wait for the receiver's answer (a JSON object), within the timeout and retries.
+
+        For ``call_initiated``: avr-core waits for it, and an ``sts_url`` in the answer routes the call."""
+        return await self._deliver(event(call_uuid, kind, payload))
+
+    async def _deliver(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """POST the event; the receiver's JSON answer if it sent an object, else None."""
         assert self._session is not None
         data = orjson.dumps(body)
         for attempt in range(self._retries + 1):
@@ -66,7 +73,11 @@ class WebhookSender:
                 async with self._session.post(self.url, data=data, headers=self._headers) as resp:
                     if resp.status < 400:
                         metrics.WEBHOOKS.labels("ok").inc()
-                        return
+                        try:
+                            answer = orjson.loads(await resp.read())
+                        except orjson.JSONDecodeError:
+                            return None
+                        return answer if isinstance(answer, dict) else None
                     detail = f"HTTP {resp.status}"
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 detail = repr(exc)
@@ -74,6 +85,7 @@ class WebhookSender:
                 await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
         metrics.WEBHOOKS.labels("failed").inc()
         log.warning("webhook %s for call %s failed: %s", body["type"], body["uuid"], detail)
+        return None
 
     async def _run(self) -> None:
         while True:

@@ -56,11 +56,15 @@ def provider(procs: list[Proc], tmpdir_path: Path) -> ProviderFactory:
 @pytest.fixture
 def worker(procs: list[Proc], tmpdir_path: Path) -> WorkerFactory:
     def start(*, prefix: Sequence[str] = (), **env_overrides: str | int | float) -> Proc:
-        as_port, http_port = free_port(), free_port()
+        # a fleet on one machine: several workers on their own loopback addresses, the same ports
+        host = str(env_overrides.pop("host", "127.0.0.1"))
+        as_port = int(env_overrides.pop("port", free_port()))
+        http_port = int(env_overrides.pop("http_port", free_port()))
         env = {k: v for k, v in os.environ.items() if not k.endswith("_URL") and k not in ("PORT", "HTTP_PORT")}
-        env |= {"HOST": "127.0.0.1", "PORT": str(as_port), "HTTP_PORT": str(http_port), "LOG_FORMAT": "json"}
+        env |= {"HOST": host, "PORT": str(as_port), "HTTP_PORT": str(http_port), "LOG_FORMAT": "json"}
         env |= {k.upper(): str(v) for k, v in env_overrides.items()}
-        proc = spawn(["serve"], env, tmpdir_path, f"worker-{as_port}", prefix)
+        proc = spawn(["serve"], env, tmpdir_path, f"worker-{host}-{as_port}", prefix)
+        proc.host = host
         proc.ports |= {"http": http_port, "audiosocket": as_port}
         procs.append(proc)
         wait_healthy(proc, proc.url("/health"))

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import statistics
+import time
 import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from procs import Proc, ProviderFactory, WorkerFactory, free_port, http_json, paced_whole, sts_url
@@ -81,14 +86,25 @@ async def test_provider_goodbye_ends_the_call_cleanly(
     assert w.metric("avr_calls_ended_total", {"reason": "provider_closed"}) == 1
 
 
-async def test_provider_down_ends_the_call_within_timeout_times_retries(worker: WorkerFactory) -> None:
-    w = worker(sts_url=f"ws://127.0.0.1:{free_port()}", connection_timeout=300, max_retries=2)
+@pytest.mark.parametrize("error_frames", [False, True])
+async def test_provider_down_ends_the_call_within_timeout_times_retries(
+    worker: WorkerFactory, error_frames: bool
+) -> None:
+    """By default a plain hangup (Asterisk's AudioSocket() returns 0 and the dialplan goes on); the error frame
+    (0x04) comes first only with AUDIOSOCKET_ERROR_FRAMES. The reason is logged and counted either way."""
+    w = worker(
+        sts_url=f"ws://127.0.0.1:{free_port()}",
+        connection_timeout=300,
+        max_retries=2,
+        audiosocket_error_frames=str(error_frames).lower(),
+    )
     loop = asyncio.get_running_loop()
     start = loop.time()
     result = await call(w, bytes(320 * 500), hangup=False, time_limit=20)
     elapsed = loop.time() - start
     assert result.hangup
-    assert result.errors == [wire.ErrorCode.PROVIDER_UNAVAILABLE]
+    assert result.errors == ([wire.ErrorCode.PROVIDER_UNAVAILABLE] if error_frames else [])
+    assert '"reason": "provider_unavailable"' in w.log
     # bound: 3 attempts x 0.3 s + backoff (< 0.15 s) + process noise; a hung call would run 10 s
     assert elapsed < 4.0
     assert w.metric("avr_calls_ended_total", {"reason": "provider_unavailable"}) == 1
@@ -127,7 +143,7 @@ async def test_malformed_frame_ends_only_its_call(
         assert closed, "the malformed call is ended, not left hanging"
         frames = wire.FrameParser().feed(data)
         kinds = [f.kind for f in frames]
-        assert wire.Kind.ERROR in kinds and kinds[-1] is wire.Kind.HANGUP
+        assert kinds[-1] is wire.Kind.HANGUP and wire.Kind.ERROR not in kinds, "a plain hangup by default"
     results = await asyncio.gather(*good)
     for r in results:
         assert r.hangup and r.errors == []
@@ -151,17 +167,136 @@ async def test_truncated_frame_at_close_is_logged(worker: WorkerFactory) -> None
     assert w.metric("avr_active_calls") == 0
 
 
-async def test_ulaw_payloads_are_detected_and_answered_in_ulaw(
-    provider: ProviderFactory, worker: WorkerFactory, speech: bytes
+VECTORS = Path(__file__).parent.parent / "vectors" / "asterisk"
+
+
+def split_frames(stream: bytes) -> list[bytes]:
+    """A recorded AudioSocket stream, message by message (header included)."""
+    out, pos = [], 0
+    while pos < len(stream):
+        stop = pos + 3 + (stream[pos + 1] << 8 | stream[pos + 2])
+        out.append(stream[pos:stop])
+        pos = stop
+    return out
+
+
+@dataclass
+class Replayed:
+    audio: list[bytes] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    kinds: list[wire.Kind] = field(default_factory=list)
+    ended_at: float = 0.0
+
+
+async def replay(worker: Proc, stream: bytes, *, pause_s: float = 0.2) -> tuple[Replayed, float]:
+    """Send what a real Asterisk sent, as it sent it: audio frames 20 ms apart, nothing at all for ``pause_s``
+    after the last one (the caller is silent), DTMF 200 ms apart; then wait for the worker's end (the echo
+    provider says goodbye on '#'), and close, as Asterisk does (it never sends a hangup). Returns what came back
+    and when the pause began."""
+    got = Replayed()
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.ports["audiosocket"])
+
+    async def receive() -> None:
+        parser = wire.FrameParser()
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                for f in parser.feed(data):
+                    got.kinds.append(f.kind)
+                    if f.kind is wire.Kind.AUDIO:
+                        got.audio.append(f.payload)
+                        got.arrivals.append(time.monotonic())
+        got.ended_at = time.monotonic()
+
+    receiver = asyncio.create_task(receive())
+    loop = asyncio.get_running_loop()
+    start, sent, paused = loop.time(), 0, 0.0
+    for raw in split_frames(stream):
+        if raw[0] == wire.Kind.DTMF:
+            if not paused:
+                paused = time.monotonic()
+                await asyncio.sleep(pause_s)
+            else:
+                await asyncio.sleep(0.2)
+        writer.write(raw)
+        if raw[0] == wire.Kind.AUDIO:
+            sent += 1
+            await asyncio.sleep(max(0.0, start + sent * 0.02 - loop.time()))
+    async with asyncio.timeout(5):
+        await receiver
+    writer.close()
+    return got, paused
+
+
+def caller_pcm(name: str) -> list[bytes]:
+    """The caller's audio in a vector, each frame as the PCM16 the provider gets."""
+    decode = {"ulaw": g711.ulaw_to_pcm, "alaw": g711.alaw_to_pcm}.get(name.rsplit("-", 1)[-1], bytes)
+    stream = (VECTORS / f"{name}.bin").read_bytes()
+    return [decode(raw[3:]) for raw in split_frames(stream) if raw[0] == wire.Kind.AUDIO]
+
+
+@pytest.mark.parametrize("name", ["dial-ulaw", "dial-alaw", "app-slin"])
+async def test_what_asterisk_sends_is_echoed_in_slin_whatever_the_caller_s_codec(
+    provider: ProviderFactory, worker: WorkerFactory, name: str
 ) -> None:
+    """Asterisk reads every 0x10 frame as slin, on a c(ulaw) or c(alaw) channel too (res_audiosocket.c): G.711 is
+    detected to read the caller, and the replies are slin. The recorded streams end with a short frame (6 bytes of
+    G.711, 12 of slin): its echo is played, padded. The stream is relayed in the compiled data plane when it is
+    slin, and stays in Python when it is G.711."""
     sts = provider("sts")
     w = worker(sts_url=sts_url(sts))
-    ulaw = g711.pcm_to_ulaw(speech)
-    result = await call(w, ulaw, frame_bytes=160, silence_byte=g711.ULAW_SILENCE, tail_s=0.3)
-    assert result.audio_frames and all(len(f) == 160 for f in result.audio_frames)
-    # compared as PCM: μ-law has two codes for zero, so re-encoding is exact in value, not in bytes
-    sent = [g711.ulaw_to_pcm(f) for f in frames_of(ulaw, 160, g711.ULAW_SILENCE)]
-    assert_echoed(sent, [g711.ulaw_to_pcm(f) for f in result.audio_frames], bytes(320))
+    got, _ = await replay(w, (VECTORS / f"{name}.bin").read_bytes())
+    assert got.audio and all(len(f) == 320 for f in got.audio), "320 bytes of slin, never G.711"
+    frames = caller_pcm(name)
+    *speech, tail = frames
+    assert len(tail) == 12, "the vector's last frame: 6 samples"
+    assert_echoed([*speech, tail + bytes(308)], got.audio, bytes(320))
+    assert tail + bytes(308) in got.audio, "the short last frame was played, padded"
+    assert got.kinds[-1] is wire.Kind.HANGUP and wire.Kind.ERROR not in got.kinds
+    _, stats, _ = http_json(sts.url("/stats"))
+    assert stats["sts_dtmf"] == 3
+    assert w.metric("avr_calls_ended_total", {"reason": "provider_closed"}) == 1, "'#': the provider's goodbye"
+    if name == "app-slin":
+        assert w.metric("avr_calls_relayed_total") == 1
+    else:
+        assert f"G.711 {name[-4:]} detected" in w.log
+
+
+async def test_the_worker_keeps_talking_while_asterisk_s_caller_is_silent(
+    provider: ProviderFactory, worker: WorkerFactory
+) -> None:
+    """Asterisk sends nothing while its caller is silent, and its AudioSocket() application ends a call after 2 s
+    with nothing from either side: the worker's frames go on every 20 ms through a 3 s pause of the caller."""
+    sts = provider("sts")
+    w = worker(sts_url=sts_url(sts))
+    got, paused = await replay(w, (VECTORS / "app-slin.bin").read_bytes(), pause_s=3.0)
+    during = [t for t in got.arrivals if paused <= t <= paused + 3.0]
+    assert len(during) >= 3.0 / 0.02 * 0.95
+    assert max(b - a for a, b in itertools.pairwise(during)) < 0.1, "a gap Asterisk would notice"
+    assert got.ended_at > paused + 3.0, "the call outlived the caller's silence"
+    assert w.metric("avr_calls_ended_total", {"reason": "provider_closed"}) == 1
+
+
+async def test_a_caller_silent_from_the_start_hears_silence_at_once(
+    provider: ProviderFactory, worker: WorkerFactory
+) -> None:
+    """A caller that says nothing at first: Asterisk sends its UUID and then nothing (a Local channel, a phone with
+    silence suppression), and AudioSocket() gives up after 2 s of no activity. The worker's silence frames start
+    with the call, before any caller audio, and come every 20 ms."""
+    sts = provider("sts")
+    w = worker(sts_url=sts_url(sts))
+    reader, writer = await asyncio.open_connection("127.0.0.1", w.ports["audiosocket"])
+    writer.write(wire.uuid_frame(uuid.uuid4()))
+    loop = asyncio.get_running_loop()
+    start, arrivals, parser = loop.time(), [], wire.FrameParser()
+    async with asyncio.timeout(10):
+        while loop.time() - start < 3.0:
+            data = await reader.read(65536)
+            assert data, "the worker hung up on a silent caller"
+            arrivals += [loop.time()] * sum(1 for f in parser.feed(data) if f.kind is wire.Kind.AUDIO)
+    writer.close()
+    assert arrivals[0] - start < 0.1, "the first frame came late"
+    assert len(arrivals) >= 3.0 / 0.02 * 0.9
+    assert max(b - a for a, b in itertools.pairwise(arrivals)) < 0.1
 
 
 async def test_call_metadata_reaches_the_sts_provider(

@@ -18,6 +18,10 @@ async def test_caller_speech_gets_a_spoken_reply(
     assert stats["asr_utterances"] >= 1
     assert stats["llm_requests"] >= 1
     assert stats["tts_requests"] >= 2, "the reply is spoken sentence by sentence"
+    # as avr-core sends it: the call's uuid on every provider request
+    assert stats["asr_x_uuid"] == stats["asr_streams"]
+    assert stats["llm_x_uuid"] == stats["llm_requests"]
+    assert stats["tts_x_uuid"] == stats["tts_requests"]
     assert result.non_silent_frames > 25, "at least half a second of agent speech came back"
     assert all(len(f) == 320 for f in result.audio_frames)
     assert w.metric("avr_turn_latency_seconds_count") >= 1
@@ -46,6 +50,7 @@ async def test_asr_down_ends_the_call_with_an_error(worker: WorkerFactory, speec
         tts_url=f"{dead}/text-to-speech-stream",
         connection_timeout=200,
         max_retries=1,
+        audiosocket_error_frames="true",
     )
     result = await place_call("127.0.0.1", w.ports["audiosocket"], speech, hangup=False, time_limit=10)
     assert result.hangup and result.errors == [4]

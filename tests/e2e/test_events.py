@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -99,3 +100,33 @@ async def test_text_logs_to_a_rotating_file(provider: ProviderFactory, worker: W
     assert all(p.stat().st_size <= 1500 for p in [log_file, *rotated])
     assert "call ended" in text + "".join(p.read_text() for p in rotated)
     assert not text.lstrip().startswith("{")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+async def test_a_provider_that_dies_mid_call_ends_it_as_a_failure_with_a_plain_hangup(
+    provider: ProviderFactory, worker: WorkerFactory, receiver: Receiver, speech: bytes, sig: signal.Signals
+) -> None:
+    """The provider's process is stopped in the middle of a call: its connection ends without a close frame. The
+    call ends as a failure (not as the provider's goodbye) in the log, the metrics and the webhook, and Asterisk
+    gets a plain hangup (no error frame: AUDIOSOCKET_ERROR_FRAMES is off), so its dialplan goes on."""
+    sts = provider("sts")
+    w = worker(sts_url=sts_url(sts), webhook_url=f"http://127.0.0.1:{receiver.port}/hook")
+    loop = asyncio.get_running_loop()
+    loop.call_later(1.0, sts.popen.send_signal, sig)
+    result = await place_call("127.0.0.1", w.ports["audiosocket"], speech * 3, hangup=False, time_limit=20)
+    assert result.hangup and result.errors == []
+    assert result.frames_sent < len(speech * 3) // 320, "the call ended when the provider died"
+    for _ in range(50):
+        if "call_ended" in receiver.types():
+            break
+        await asyncio.sleep(0.1)
+    ended = next(e for e in receiver.events if e["type"] == "call_ended")
+    assert ended["payload"]["reason"] == "provider_failed:dropped"  # type: ignore[index]
+    assert w.metric("avr_calls_ended_total", {"reason": "provider_failed"}) == 1
+    assert w.metric("avr_calls_ended_total", {"reason": "provider_closed"}) == 0
+    assert w.metric("avr_provider_errors_total", {"provider": "sts", "reason": "dropped"}) == 1
+    lines = [json.loads(line) for line in w.log.splitlines() if line.startswith("{")]
+    (warned,) = [e for e in lines if "failed mid-call" in e["message"]]
+    assert warned["level"] == "WARNING" and warned["uuid"] == result.uuid
+    (last,) = [e for e in lines if e["message"] == "call ended"]
+    assert last["reason"] == "provider_failed:dropped"

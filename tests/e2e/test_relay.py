@@ -165,7 +165,7 @@ async def test_malformed_input_after_the_handover_ends_only_that_call(
     provider: ProviderFactory, worker: WorkerFactory, speech: bytes
 ) -> None:
     sts = provider("sts")
-    w = worker(sts_url=sts_url(sts))
+    w = worker(sts_url=sts_url(sts), audiosocket_error_frames="true")  # the error frame goes through the relay
     good = asyncio.create_task(steady_call(w, speech * 2))
     bad = [asyncio.create_task(steady_call(w, bytes(320 * 150), bad={50: frame})) for frame in BAD_FRAMES.values()]
     await asyncio.sleep(0.7)  # the bad frames go 1 s into the stream

@@ -88,6 +88,11 @@ async def test_opus_client_gets_its_speech_back_paced(
     assert ended["reason"] == "hangup" and ended["frames_in"] == sent
     assert w.metric("avr_calls_ended_total", {"reason": "hangup"}) == 1
     assert w.metric("avr_active_calls") == 0
+    for _ in range(40):  # the handler returns once the client has closed
+        if w.metric("avr_call_objects") == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert w.metric("avr_call_objects") == 0, "the ended stream call was freed"
 
 
 async def test_a_relayed_stream_answers_pings_and_ends_on_the_client_s_close(

@@ -104,3 +104,26 @@ def test_examples_are_documented(name: str) -> None:
     assert (ROOT / "examples" / f"{name}.yaml").is_file()
     assert f"`{name}.yaml`" in (ROOT / "examples" / "README.md").read_text()
     assert f"`{name}.yaml`" in (ROOT / "docs" / "operator.md").read_text()
+
+
+ADAPTER_RULES = CHART / "files" / "prometheus-adapter-rules.yaml"
+
+
+def test_prometheus_adapter_rules_serve_the_hpa_metric_per_pod() -> None:
+    """The rules prometheus-adapter gets (from the chart's ConfigMap) must serve what the operator's HPA targets:
+    a Pods metric named avr_queue_length, mapped from each series' namespace and pod labels."""
+    rendered_hpa = (ROOT / "operator" / "render" / "components.py").read_text()
+    assert '"metric": {"name": "avr_queue_length"}' in rendered_hpa, "the HPA's metric name changed: update the rules"
+    config = yaml.safe_load(ADAPTER_RULES.read_text())
+    assert set(config) == {"rules"}
+    served = {}
+    for rule in config["rules"]:
+        assert rule["resources"] == {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}}
+        assert rule["metricsQuery"] == "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"
+        name = rule["name"]["as"]
+        assert rule["seriesQuery"] == f'{name}{{namespace!="",pod!=""}}'
+        assert rule["name"]["matches"] == f"^{name}$"
+        served[name] = rule
+    assert sorted(served) == ["avr_call_utilization", "avr_queue_length"]
+    template = (CHART / "templates" / "prometheus-adapter-rules.yaml").read_text()
+    assert '.Files.Get "files/prometheus-adapter-rules.yaml"' in template

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -49,13 +50,14 @@ class Proc:
     popen: subprocess.Popen[bytes]
     log_path: Path
     ports: dict[str, int] = field(default_factory=dict)
+    host: str = "127.0.0.1"
 
     @property
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def url(self, path: str, port: str = "http") -> str:
-        return f"http://127.0.0.1:{self.ports[port]}{path}"
+        return f"http://{self.host}:{self.ports[port]}{path}"
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         """Value of one sample from /metrics (0 when absent)."""
@@ -93,6 +95,8 @@ def spawn(args: list[str], env: dict[str, str], tmp: Path, name: str, prefix: Se
     """``prefix``: a command that runs ours (e.g. ``setpriv`` to start it with fewer privileges)."""
     log_path = tmp / f"{name}.log"
     out = log_path.open("wb")
+    if "AVR_SANITIZER_PRELOAD" in os.environ:  # scripts/sanitize: the Python children run the sanitized build too
+        env = {**env, "LD_PRELOAD": os.environ["AVR_SANITIZER_PRELOAD"]}
     popen = subprocess.Popen(
         [*prefix, sys.executable, "-P", "-m", "avr_runtime", *args], env=env, stdout=out, stderr=subprocess.STDOUT
     )

@@ -60,6 +60,7 @@ def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         "LOG_LEVEL": "DEBUG",
         "LOG_FORMAT": "text",
         "LOG_ROTATION": "10MiB",
+        "LOG_FILE": "/tmp/worker.log",
         "BUFFER_SIZE": "512",
         "BUFFER_OVERLAP": "0.75",
         "PLAYOUT_OVERFLOW": "DROP_NEWEST",
@@ -193,3 +194,29 @@ def test_parse_size(text: str, size: int) -> None:
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="not a size"):
         parse_size(text)
+
+
+def test_log_rotation_without_a_log_file_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rotation applies to LOG_FILE only: set alone it would do nothing, so it is refused, naming both."""
+    monkeypatch.setenv("LOG_ROTATION", "10MB")
+    with pytest.raises(ValidationError, match="LOG_ROTATION rotates LOG_FILE"):
+        Settings()
+    monkeypatch.setenv("LOG_FILE", "/tmp/worker.log")
+    assert Settings().log_rotation_bytes == 10**7
+
+
+def test_drain_until_empty_refuses_a_drain_timeout_it_would_ignore(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRAIN_MODE", "until_empty")
+    assert Settings().drain_mode == "until_empty"
+    monkeypatch.setenv("DRAIN_TIMEOUT", "60")
+    with pytest.raises(ValidationError, match="DRAIN_TIMEOUT does nothing with DRAIN_MODE=until_empty"):
+        Settings()
+
+
+def test_pod_deletion_cost_needs_the_pod_s_name_and_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_DELETION_COST", "true")
+    with pytest.raises(ValidationError, match="POD_NAME and POD_NAMESPACE"):
+        Settings()
+    monkeypatch.setenv("POD_NAME", "core-0")
+    monkeypatch.setenv("POD_NAMESPACE", "avr")
+    assert Settings().pod_deletion_cost

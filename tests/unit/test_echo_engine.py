@@ -5,8 +5,11 @@ not read."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
+import weakref
+from typing import Any, cast
 
 import pytest
 from echo_rig import server
@@ -207,3 +210,23 @@ async def test_a_delayed_provider_keeps_its_sessions_in_python() -> None:
         assert await client.next() == (wire.TEXT, m)
         assert rig.plane.engine.active() == 0 and rig.stats["sts_audio"] == 1
         client.close()
+
+
+async def test_a_session_that_ended_in_the_engine_is_freed() -> None:
+    """The engine's connection, the session's protocol and its transport refer to each other: once the session is
+    over they must all go, or a provider that serves calls for weeks grows by each of them."""
+    async with server() as rig:
+        client = await Client.open(rig.port)
+        client.send(sts.encode_init("freed").encode())
+        client.send(b'{"type":"audio","audio":"AAAA"}')
+        assert await client.next() == (wire.TEXT, b'{"type":"audio","audio":"AAAA"}')
+        assert await until(lambda: rig.plane.engine.active() == 1)
+        session = rig.sessions[0]
+        refs = [weakref.ref(session), weakref.ref(cast(Any, session.transport))]
+        client.close()
+        assert await until(lambda: rig.plane.engine.active() == 0)
+        await asyncio.sleep(0.05)
+        rig.sessions.clear()
+        del session
+        gc.collect()
+        assert [r() for r in refs] == [None, None]

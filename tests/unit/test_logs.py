@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,3 +142,16 @@ def test_rotation_from_log_rotation(tmp_path: Path, root_logger: logging.Logger)
     assert path.stat().st_size <= 2000
     assert rotated.stat().st_size <= 2000
     assert len(list(tmp_path.glob("worker.log.*"))) <= 5  # bounded number of backups
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_lines_go_to_stdout_with_rfc3339_times(
+    fmt: str, root_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.setup(Settings(log_format=fmt))
+    logging.getLogger("avr_runtime.test").info("hello")
+    out, err = capsys.readouterr()
+    assert err == ""
+    line = out.strip().splitlines()[-1]
+    stamp = json.loads(line)["time"] if fmt == "json" else line.split(" ")[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp), stamp

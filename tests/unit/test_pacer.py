@@ -261,3 +261,38 @@ async def test_the_tail_of_a_reply_is_played_without_waiting_for_more_audio() ->
     assert [s.frame for s in audio] == [frame(7), frame(8)[:100] + bytes(220)]
     assert not buf.has_partial
     assert_min_spacing(rec, pacer)
+
+
+async def test_a_short_last_frame_is_played_when_the_grace_ends_not_a_slot_later() -> None:
+    """Asterisk's last frame of a playback is 12 bytes, and so is its echo: it arrives into an empty queue 3 ms
+    before its slot, as a part of a frame. It is played padded with silence when the slot's grace ends, where a
+    silence frame was played before, and the frame after it (a period later) is silence."""
+    pacer, rec, buf = make(margin=0.004, max_slew=0.005, grace=0.008)
+    loop = asyncio.get_running_loop()
+    tail = frame(1)[:12]
+    i, first_sent = await after_frame_0(
+        pacer, rec, buf, lambda t0: loop.call_at(t0 + PERIOD - 0.003, push, pacer, buf, tail)
+    )
+    frames = [s.frame for s in rec.sent]
+    assert frames[i + 1 : i + 3] == [tail + bytes(308), SILENCE], "the tail waited a slot behind a silence frame"
+    assert rec.sent[i + 1].t - first_sent == pytest.approx(PERIOD + pacer.grace, abs=0.003)
+    assert not buf.has_partial
+    assert_min_spacing(rec, pacer)
+
+
+async def test_part_of_a_frame_in_the_grace_waits_for_the_rest_of_it() -> None:
+    """Half of frame 1 arrives 2 ms after its slot (in the grace), the other half 3 ms later: the whole frame is
+    played when it is complete, not a silence frame at the first half and the frame a period later."""
+    pacer, rec, buf = make(margin=0.004, max_slew=0.005, grace=0.008)
+    loop = asyncio.get_running_loop()
+    one = frame(1)
+
+    def halves(t0: float) -> None:
+        loop.call_at(t0 + PERIOD + 0.002, push, pacer, buf, one[:160])
+        loop.call_at(t0 + PERIOD + 0.005, push, pacer, buf, one[160:])
+
+    i, first_sent = await after_frame_0(pacer, rec, buf, halves)
+    frames = [s.frame for s in rec.sent]
+    assert frames[i + 1 : i + 3] == [one, SILENCE]
+    assert rec.sent[i + 1].t - first_sent == pytest.approx(PERIOD + 0.005, abs=0.003)
+    assert_min_spacing(rec, pacer)

@@ -1,4 +1,4 @@
-"""HttpPool: at most ``size`` requests hold a connection; the rest wait and are counted in avr_queue_length."""
+"""HttpPool: at most ``size`` requests hold a connection; the rest wait and are counted in avr_provider_waiting."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from avr_runtime.services.pool import HttpPool, RetryPolicy
 
 
 def queue_length() -> float:
-    value = REGISTRY.get_sample_value("avr_queue_length")
+    value = REGISTRY.get_sample_value("avr_provider_waiting")
     assert value is not None
     return value
 

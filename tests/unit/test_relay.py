@@ -12,6 +12,7 @@ import base64
 import contextlib
 import errno
 import functools
+import gc
 import itertools
 import os
 import random
@@ -22,6 +23,7 @@ import statistics
 import struct
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -690,6 +692,47 @@ async def test_a_stall_of_the_worker_itself_does_not_use_up_the_grace(make_rig: 
     assert audio[i + 1 : i + 3] == [frame_n(1), SILENCE], "the worker's stall was charged to the provider"
 
 
+async def test_a_short_last_frame_is_played_when_the_grace_ends_not_a_slot_later(make_rig: MakeRig) -> None:
+    """As pacer.py: the echo of Asterisk's 12-byte last frame arrives 3 ms before its slot; it is played padded when
+    the slot's grace ends, not after a silence frame and a period."""
+    rig = await make_rig(grace_window=0.008)
+    await settle(0.05)
+    rig.relay.push(frame_n(0))
+    assert await until(lambda: frame_n(0) in spoken(rig))
+    first = rig.asterisk.arrivals[-1]
+    tail = frame_n(1)[:12]
+    await asyncio.sleep(max(0.0, first + PERIOD - 0.003 - time.monotonic()))
+    rig.relay.push(tail)
+    assert await until(lambda: tail + bytes(FRAME - 12) in spoken(rig))
+    await settle(0.05)
+    audio = rig.asterisk.audio()
+    i = audio.index(frame_n(0))
+    assert audio[i + 1 : i + 3] == [tail + bytes(FRAME - 12), SILENCE], "the tail waited a slot behind silence"
+    at = rig.asterisk.arrivals[[f.payload for f in rig.asterisk.frames].index(tail + bytes(FRAME - 12))]
+    assert at - first == pytest.approx(PERIOD + 0.008, abs=0.004)
+    assert rig.relay.queued == 0
+
+
+async def test_part_of_a_frame_in_the_grace_waits_for_the_rest_of_it(make_rig: MakeRig) -> None:
+    """As pacer.py: half of frame 1 arrives 2 ms after its slot, the other half 3 ms later: the whole frame is played
+    once complete, with no silence frame for the first half."""
+    rig = await make_rig(grace_window=0.008)
+    await settle(0.05)
+    rig.relay.push(frame_n(0))
+    assert await until(lambda: frame_n(0) in spoken(rig))
+    slot = rig.asterisk.arrivals[-1] + PERIOD
+    one = frame_n(1)
+    await asyncio.sleep(max(0.0, slot + 0.002 - time.monotonic()))
+    rig.relay.push(one[:160])
+    await asyncio.sleep(max(0.0, slot + 0.005 - time.monotonic()))
+    rig.relay.push(one[160:])
+    assert await until(lambda: one in spoken(rig))
+    await settle(0.05)
+    audio = rig.asterisk.audio()
+    i = audio.index(frame_n(0))
+    assert audio[i + 1 : i + 3] == [one, SILENCE]
+
+
 @pytest.mark.parametrize(("stalled", "drained"), [(6, True), (DRAIN_MAX_FRAMES + 6, False)])
 async def test_a_steady_backlog_behind_a_stall_is_drained_or_if_too_large_cut(
     make_rig: MakeRig, stalled: int, drained: bool
@@ -1087,3 +1130,57 @@ async def test_a_handover_that_fails_leaves_the_call_working_in_python(in_proces
     await asyncio.wait_for(collecting, 5)
     assert caller.closed and caller.frames[-1].kind is wire.Kind.HANGUP
     caller.writer.close()
+
+
+async def test_a_relayed_call_is_freed_once_it_has_ended(in_process: InProcess) -> None:
+    """The relay, its two transports and the call's objects form cycles through the C type: the collector must be
+    able to see and free them, or a pod that lives for weeks grows by every call it has relayed."""
+    ip = in_process
+    live = await live_call(ip)
+    assert ip.relays.take_over(live.leg, live.conn, live.call)
+    refs = [weakref.ref(o) for o in (live.leg, live.call, live.conn, live.leg.transport, live.conn.transport)]
+    await speak(live.caller, [pcm(FRAME, seed=i) for i in range(3)])
+    live.caller.writer.write(wire.HANGUP_FRAME)
+    task = live.leg.task
+    assert task is not None
+    assert await asyncio.wait_for(task, 5) == "hangup"
+    await asyncio.wait_for(live.collecting, 5)
+    assert await until(lambda: ip.relays.active == 0)
+    live.caller.writer.close()
+    await asyncio.sleep(0.05)  # the engine's and the loop's callbacks for the closed sockets
+    ip.legs.clear()
+    del live, task
+    gc.collect()
+    alive = [type(r()).__name__ for r in refs if r() is not None]
+    assert alive == [], f"still alive after the call ended: {alive}"
+
+
+def test_an_engine_nobody_refers_to_is_collected_with_its_relays_and_their_sockets() -> None:
+    """A cycle through both C types (engine → relay → protocol → engine) is one the collector can see and break."""
+    engine = Engine(BOUNDS, MAX_MESSAGE)
+    a_mine, a_remote = tcp_pair()
+    w_mine, w_remote = tcp_pair()
+    now = time.monotonic()
+    as_proto, ws_proto = Recorder(), Recorder()
+    relay = engine.add(
+        a_mine.detach(),
+        w_mine.detach(),
+        as_proto,
+        cast(Any, ws_proto),
+        next_slot=now,
+        earliest=now,
+        capacity=10,
+        drop_newest=False,
+        period=PERIOD,
+        margin=MARGIN,
+        max_slew=MAX_SLEW,
+    )
+    cast(Any, as_proto).keep = (engine, relay)  # as a leg keeps its transport, which keeps the relay
+    refs: list[weakref.ref[Any]] = [weakref.ref(relay), weakref.ref(as_proto), weakref.ref(ws_proto)]
+    del engine, relay, as_proto, ws_proto
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
+    for remote in (a_remote, w_remote):  # the relay's sockets were closed when it was freed
+        remote.settimeout(1)
+        assert remote.recv(1) == b""
+        remote.close()

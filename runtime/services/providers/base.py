@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Listener(Protocol):
@@ -21,6 +21,9 @@ class ProviderSession(abc.ABC):
 
     def __init__(self) -> None:
         self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def set_call_info(self, url: str | None, metadata: dict[str, Any]) -> None:
+        """The call's /call metadata, when it arrived after the session was made (from a peer); before start()."""
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -18,7 +18,7 @@ import aiohttp
 from yarl import URL
 
 from avr_runtime.protocol import chain
-from avr_runtime.services import metrics
+from avr_runtime.services import metrics, tracing
 from avr_runtime.services.cache import TtsCache
 from avr_runtime.services.pool import HttpPool, ProviderUnavailable, with_retries
 from avr_runtime.services.providers.base import Listener, ProviderSession
@@ -38,13 +38,14 @@ class TtsClient:
         self.voice = voice
         self.cache = cache
 
-    async def stream(self, text: str) -> AsyncIterator[bytes]:
+    async def stream(self, text: str, call_uuid: str | None = None) -> AsyncIterator[bytes]:
+        """The phrase's audio, from the cache or the provider; ``call_uuid`` is None for a pre-warm."""
         key = self.cache.key(self.url, self.voice, text)
         cached = self.cache.get(key)
         if cached is not None:
             yield cached
             return
-        async with self.pool.post_json(self.url, {"text": text}) as resp:
+        async with self.pool.post_json(self.url, {"text": text}, call_uuid) as resp:
             parts = []
             carry = b""
             async for chunk in resp.content.iter_any():
@@ -91,7 +92,7 @@ class ChainSession(ProviderSession):
             return await self._asr.session.post(
                 self._asr_url,
                 data=self._body(),
-                headers={"Content-Type": chain.ASR_CONTENT_TYPE, "X-UUID": self._uuid},
+                headers={"Content-Type": chain.ASR_CONTENT_TYPE, "X-UUID": self._uuid, **tracing.headers()},
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._asr.policy.timeout, sock_read=None),
             )
 
@@ -155,12 +156,16 @@ class ChainSession(ProviderSession):
         self._turn = asyncio.create_task(self._reply(text, time.perf_counter()), name=f"turn-{self._uuid}")
 
     async def _reply(self, text: str, heard_at: float) -> None:
+        with tracing.TRACER.start_as_current_span("turn", attributes={"avr.call.uuid": self._uuid}):
+            await self._turn_of(text, heard_at)
+
+    async def _turn_of(self, text: str, heard_at: float) -> None:
         first_audio = True
         said: list[str] = []
         try:
             async for sentence in self._sentences(text):
                 said.append(sentence)
-                async for pcm in self._tts.stream(sentence):
+                async for pcm in self._tts.stream(sentence, self._uuid):
                     if first_audio:
                         first_audio = False
                         self._listener.on_turn_latency(time.perf_counter() - heard_at)
@@ -180,7 +185,7 @@ class ChainSession(ProviderSession):
 
     async def _sentences(self, text: str) -> AsyncIterator[str]:
         payload = {"uuid": self._uuid, "message": text, "messages": self._history}
-        async with self._llm.post_json(self._llm_url, payload) as resp:
+        async with self._llm.post_json(self._llm_url, payload, self._uuid) as resp:
             chunks = chain.JsonChunkStream()
             splitter = chain.SentenceSplitter()
             async for raw in resp.content.iter_any():

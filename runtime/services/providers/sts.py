@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from avr_runtime.protocol import sts, websocket
-from avr_runtime.services import metrics
+from avr_runtime.services import metrics, tracing
 from avr_runtime.services.pool import RetryPolicy, with_retries
 from avr_runtime.services.providers import wsclient
 from avr_runtime.services.providers.base import Listener, ProviderSession
@@ -41,7 +41,7 @@ class StsSession(ProviderSession):
     ) -> None:
         super().__init__()
         self._policy = policy
-        self._url = with_query(url, metadata)
+        self._url = url  # with the /call payload already appended (WorkerContext.sts_url_for)
         self._uuid = call_uuid
         self._listener = listener
         self._metadata = metadata
@@ -49,13 +49,23 @@ class StsSession(ProviderSession):
         # what the caller says while the provider connects (bounded like a stalled connection's backlog)
         self._early: deque[bytes] = deque(maxlen=SEND_QUEUE_FRAMES)
 
+    def set_call_info(self, url: str | None, metadata: dict[str, Any]) -> None:
+        if url:
+            self._url = url
+        self._metadata = metadata
+
     async def start(self) -> None:
         async def connect() -> wsclient.WebSocketConnection:
             return await wsclient.connect(
-                self._url, self._on_message, backlog=SEND_QUEUE_FRAMES, on_drop=metrics.DROPPED_BACKPRESSURE.inc
+                self._url,
+                self._on_message,
+                headers=tracing.headers(),
+                backlog=SEND_QUEUE_FRAMES,
+                on_drop=metrics.DROPPED_BACKPRESSURE.inc,
             )
 
-        conn = await with_retries("sts", self._policy, connect)
+        with tracing.TRACER.start_as_current_span("sts.connect"):
+            conn = await with_retries("sts", self._policy, connect)
         self._conn = conn
         try:
             conn.send(sts.encode_init(self._uuid, self._metadata or None).encode())
@@ -127,11 +137,25 @@ class StsSession(ProviderSession):
             log.warning("call %s: STS provider broke the WebSocket protocol: %s", self._uuid, reason)
             self._end(f"provider_{reason}")
             return
-        metrics.PROVIDER_ERRORS.labels("sts", "closed").inc()
-        self._end("provider_closed")
+        conn = self._conn
+        abnormal = websocket.abnormal_end(conn.peer_close_code if conn is not None else None)
+        if abnormal is None:  # a goodbye: the call ends normally
+            log.info("call %s: the STS provider closed the call (%s)", self._uuid, reason, extra={"uuid": self._uuid})
+            self._end("provider_closed")
+            return
+        metrics.PROVIDER_ERRORS.labels("sts", "dropped" if abnormal == "dropped" else "abnormal_close").inc()
+        log.warning(
+            "call %s: the STS provider failed mid-call (%s): %s",
+            self._uuid,
+            abnormal,
+            reason,
+            extra={"uuid": self._uuid, "reason": f"provider_failed:{abnormal}"},
+        )
+        self._end(f"provider_failed:{abnormal}")
 
     async def close(self) -> None:
         self._end("closed")  # first, so the connection's end is not counted as the provider's
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
+            self._conn = None  # the connection's message callback is this session's: do not keep each other

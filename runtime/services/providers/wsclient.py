@@ -59,6 +59,8 @@ class WebSocketConnection(asyncio.Protocol):
         self._close_sent = False
         self._paused = False
         self._pending: deque[bytes] = deque(maxlen=backlog)
+        #: the code of the peer's close frame (``NO_STATUS`` for one without a code); None while it sent none
+        self.peer_close_code: int | None = None
 
     # --- asyncio.Protocol ---
 
@@ -87,6 +89,7 @@ class WebSocketConnection(asyncio.Protocol):
                 self._write(wire.PONG, payload)
             elif opcode == wire.CLOSE:
                 code, reason = wire.parse_close(payload)
+                self.peer_close_code = wire.NO_STATUS if code is None else code
                 if not self._close_sent:
                     self._write(wire.CLOSE, wire.close_payload(code or wire.NORMAL))
                     self._close_sent = True

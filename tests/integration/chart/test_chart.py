@@ -134,8 +134,9 @@ def _established(api_client: client.ApiClient) -> bool:
         {"rbac.scope": "namespaced", "watchNamespaces": ["a", "b"]},
         {"watchNamespaces": ["team-*"], "operator.logLevel": "debug", "metrics.serviceMonitor.enabled": True},
         {"crds.install": False, "metrics.enabled": False, "serviceAccount.create": False, "rbac.create": False},
+        {"prometheusAdapter.rules.enabled": True, "prometheusAdapter.rules.namespace": "monitoring"},
     ],
-    ids=["defaults", "namespaced", "cluster-globs-monitor", "minimal"],
+    ids=["defaults", "namespaced", "cluster-globs-monitor", "minimal", "prometheus-adapter-rules"],
 )
 def test_lint_is_clean(tools: Tools, sets: dict[str, Any]) -> None:
     result = tools.helm("lint", "--strict", str(CHART), *_values(**sets))
@@ -150,6 +151,22 @@ def test_rendered_crd_is_the_generated_one(tools: Tools) -> None:
     labels = crd["metadata"].pop("labels")
     assert labels["app.kubernetes.io/managed-by"] == "Helm"
     assert crd == crd_manifest(), "the chart's CRD drifted from `avr-operator crd`: copy crds/ to the chart's files/"
+
+
+def test_prometheus_adapter_rules_are_the_shipped_file(tools: Tools) -> None:
+    """Off by default; on, a ConfigMap whose config.yaml is the rules file verbatim (the one the Prometheus
+    autoscaling test runs prometheus-adapter with), in the adapter's namespace."""
+    rendered = _objects(tools.helm("template", RELEASE, str(CHART)).stdout)
+    assert not [o for o in rendered if o["metadata"]["name"].endswith("-prometheus-adapter-rules")]
+    sets = _values(**{"prometheusAdapter.rules.enabled": True, "prometheusAdapter.rules.namespace": "monitoring"})
+    shown = tools.helm(
+        "template", RELEASE, str(CHART), "--show-only", "templates/prometheus-adapter-rules.yaml", *sets
+    ).stdout
+    (config_map,) = _objects(shown)
+    assert config_map["kind"] == "ConfigMap"
+    assert config_map["metadata"]["name"] == f"{FULLNAME}-prometheus-adapter-rules"
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    assert config_map["data"] == {"config.yaml": (CHART / "files" / "prometheus-adapter-rules.yaml").read_text()}
 
 
 def test_deployment_is_hardened_and_rolls_on_value_changes(tools: Tools) -> None:
@@ -208,8 +225,13 @@ def test_invalid_values_fail_install(tools: Tools, namespace: str, sets: dict[st
 
 @pytest.mark.parametrize(
     "sets",
-    [{}, {"rbac.scope": "namespaced"}, {"watchNamespaces": ["team-*"], "operator.logLevel": "debug"}],
-    ids=["cluster", "namespaced", "cluster-globs"],
+    [
+        {},
+        {"rbac.scope": "namespaced"},
+        {"watchNamespaces": ["team-*"], "operator.logLevel": "debug"},
+        {"prometheusAdapter.rules.enabled": True},
+    ],
+    ids=["cluster", "namespaced", "cluster-globs", "prometheus-adapter-rules"],
 )
 def test_template_passes_server_side_dry_run(tools: Tools, namespace: str, sets: dict[str, Any]) -> None:
     rendered = tools.helm("template", RELEASE, str(CHART), "-n", namespace, *_values(**sets)).stdout
