@@ -45,14 +45,31 @@ async def call(worker: Proc, audio: bytes, **kw: object) -> CallResult:
 
 
 def best_match(sent: npt.NDArray[np.float64], back: npt.NDArray[np.float64]) -> tuple[float, float]:
-    """The lag at which ``back`` best matches ``sent`` (network, playout and filter delay); the normalised
-    correlation and the SNR of the echo at that lag."""
-    corr = np.correlate(back, sent, mode="valid") if len(back) >= len(sent) else np.zeros(1)
-    lag = int(np.argmax(corr))
-    seg = back[lag : lag + len(sent)]
-    rho = float(np.dot(seg, sent) / np.sqrt(np.dot(seg, seg) * np.dot(sent, sent)))
-    err = seg - sent
-    return rho, float(10 * np.log10(np.dot(sent, sent) / max(float(np.dot(err, err)), 1e-9)))
+    """How well ``back`` echoes ``sent``, piece by piece: each 1600 samples of speech are looked for in ``back`` at the lag
+    that matches it best (network, playout and filter delay; a loaded machine may cost the echo a frame, which
+    shifts what follows); returns the median normalised correlation and the median SNR of the speech pieces."""
+    piece = len(sent) // max(1, len(sent) // 1600) if len(sent) >= 1600 else len(sent)
+    n = 1 << int(np.ceil(np.log2(len(back) + piece)))
+    spectrum = np.fft.rfft(back, n)
+    loud = float(np.mean(sent**2))
+    rhos: list[float] = []
+    snrs: list[float] = []
+    for start in range(0, len(sent) - piece + 1, piece):
+        ref = sent[start : start + piece]
+        if float(np.mean(ref**2)) < 0.1 * loud:  # a pause: nothing to recognise it by
+            continue
+        corr = np.fft.irfft(spectrum * np.conj(np.fft.rfft(ref, n)), n)[: max(1, len(back) - piece + 1)]
+        lag = int(np.argmax(corr))
+        seg = back[lag : lag + piece]
+        if len(seg) < piece:
+            rhos.append(0.0)
+            snrs.append(0.0)
+            continue
+        rhos.append(float(np.dot(seg, ref) / np.sqrt(max(float(np.dot(seg, seg) * np.dot(ref, ref)), 1e-9))))
+        err = seg - ref
+        snrs.append(float(10 * np.log10(np.dot(ref, ref) / max(float(np.dot(err, err)), 1e-9))))
+    assert len(rhos) >= 5, "enough speech to compare"
+    return float(np.median(rhos)), float(np.median(snrs))
 
 
 def replies(result: CallResult, rate: int, size: int) -> list[bytes]:
