@@ -45,8 +45,8 @@ async def call(worker: Proc, audio: bytes, **kw: object) -> CallResult:
 
 
 def best_match(sent: npt.NDArray[np.float64], back: npt.NDArray[np.float64]) -> tuple[float, float]:
-    """How well ``back`` echoes ``sent``, piece by piece: each 1600 samples of speech are looked for in ``back`` at the lag
-    that matches it best (network, playout and filter delay; a loaded machine may cost the echo a frame, which
+    """How well ``back`` echoes ``sent``, piece by piece: each 1600 samples of speech are looked for in ``back`` at the
+    lag that matches it best (network, playout and filter delay; a loaded machine may cost the echo a frame, which
     shifts what follows); returns the median normalised correlation and the median SNR of the speech pieces."""
     piece = len(sent) // max(1, len(sent) // 1600) if len(sent) >= 1600 else len(sent)
     n = 1 << int(np.ceil(np.log2(len(back) + piece)))
