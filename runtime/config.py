@@ -20,10 +20,21 @@ class Codec(StrEnum):
 
 
 class AudioSocketFormat(StrEnum):
-    AUTO = "auto"  # detect slin vs G.711 from the first audio frame, as AVR's core does
-    SLIN = "slin"
+    """What 0x10 frames carry (0x11-0x18 say their own rate)."""
+
+    AUTO = "auto"  # detect from the first audio frame: 160 bytes G.711 (as AVR's core does), 640 bytes slin16
+    SLIN = "slin"  # 8 kHz, whatever the frame size
+    SLIN16 = "slin16"  # 16 kHz: Asterisk before the 0x12 type, on a slin16 channel
     ULAW = "ulaw"
     ALAW = "alaw"
+
+
+class Slin16Reply(StrEnum):
+    """How a call whose 0x10 frames carry 16 kHz is answered (Asterisk before 0x12 reads every 0x10 frame it
+    receives as 8 kHz, so ``slin`` is what it plays right)."""
+
+    SLIN = "slin"  # 320-byte 0x10 frames of 8 kHz
+    SLIN16 = "slin16"  # 640-byte 0x10 frames of 16 kHz, for peers that read 0x10 at the rate they send it
 
 
 class DrainMode(StrEnum):
@@ -67,6 +78,9 @@ class Settings(BaseSettings):
     port: Port = Field(5001, description="AudioSocket TCP port.")
     http_port: Port = Field(3000, description="HTTP port: health, readiness, metrics, /call, stream.")
     audiosocket_format: AudioSocketFormat = AudioSocketFormat.AUTO
+    audiosocket_slin16_reply: Slin16Reply = Field(
+        Slin16Reply.SLIN, description="Replies to 0x10 calls taken as 16 kHz: 8 kHz (slin) or 16 kHz (slin16) frames."
+    )
     audiosocket_error_frames: bool = Field(
         False,
         description="Send an error frame (0xff, the reason's code) before the hangup of a call ended by a failure: "
@@ -174,7 +188,14 @@ class Settings(BaseSettings):
         return v
 
     @field_validator(
-        "log_level", "log_format", "audio_codec", "audiosocket_format", "playout_overflow", "drain_mode", mode="before"
+        "log_level",
+        "log_format",
+        "audio_codec",
+        "audiosocket_format",
+        "audiosocket_slin16_reply",
+        "playout_overflow",
+        "drain_mode",
+        mode="before",
     )
     @classmethod
     def _lower(cls, v: object) -> object:

@@ -16,6 +16,7 @@ from avr_runtime.protocol import audiosocket as wire
 from avr_runtime.protocol.audiosocket import ErrorCode, Kind, ProtocolError
 from avr_runtime.server.call import Call
 from avr_runtime.server.context import WorkerContext
+from avr_runtime.server.wideband import SUPPORTED_RATES, RateEdge, edge_for
 from avr_runtime.services import metrics
 from avr_runtime.services.providers.sts import StsSession
 
@@ -36,13 +37,15 @@ def end_code(reason: str, error_code: int | None) -> int | None:
 class AudioSocketConnection(asyncio.Protocol):
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
-        self.parser = wire.FrameParser()
+        self.parser = wire.FrameParser(SUPPORTED_RATES)
         self.transport: asyncio.Transport | None = None
         self.call: Call | None = None
         self.task: asyncio.Task[str] | None = None
         self.source = "?"
         self.law: str | None = None  # None = slin; "ulaw"/"alaw" once detected or configured
         self._format_known = False
+        self._audio_seen = False  # the first audio frame fixes the call's rate and format
+        self.edge: RateEdge | None = None  # a wideband call's resamplers (server/wideband.py)
         self._slin = False  # a call exists and its audio is known to be slin: the fast path in data_received
         self._relay_wanted = False  # the call may move to the C relay once its provider is connected
         self._holds_slot = False
@@ -70,7 +73,7 @@ class AudioSocketConnection(asyncio.Protocol):
         ctx.update_readiness()
         fmt = ctx.settings.audiosocket_format
         if fmt is not AudioSocketFormat.AUTO:
-            self.law = None if fmt is AudioSocketFormat.SLIN else fmt.value
+            self.law = fmt.value if fmt in (AudioSocketFormat.ULAW, AudioSocketFormat.ALAW) else None
             self._format_known = True
 
     def _refuse(self, reason: str, code: ErrorCode) -> None:
@@ -103,21 +106,25 @@ class AudioSocketConnection(asyncio.Protocol):
                 frames = self.parser.feed(data)
             except ProtocolError as exc:
                 for frame in exc.frames:
-                    self._dispatch(frame.kind, frame.payload)
+                    self._dispatch(*frame)
                 raise
             for frame in frames:
-                self._dispatch(frame.kind, frame.payload)
+                self._dispatch(*frame)
         except ProtocolError as exc:
             self._protocol_error(exc)
 
-    def _dispatch(self, kind: Kind, payload: bytes) -> None:
+    def _dispatch(self, kind: Kind, payload: bytes, rate: int) -> None:
         call = self.call
         if kind is Kind.AUDIO:
             if call is None:
                 raise ProtocolError("audio_before_uuid", "audio received before the call identifier")
-            if not self._format_known:
-                self._detect(payload)
-            if self.law is not None:
+            if not self._audio_seen:
+                self._detect(payload, rate)
+            if self.edge is not None:
+                payload = self.edge.inbound(payload)
+                if not payload:
+                    return
+            elif self.law is not None:
                 payload = g711.ulaw_to_pcm(payload) if self.law == "ulaw" else g711.alaw_to_pcm(payload)
             elif len(payload) % 2:
                 raise ProtocolError("bad_length", f"slin payload of odd length {len(payload)}")
@@ -130,7 +137,7 @@ class AudioSocketConnection(asyncio.Protocol):
             except ValueError as exc:
                 raise ProtocolError("bad_uuid", str(exc)) from None
             self.call = Call(self.ctx, call_uuid, self, "audiosocket", self.source)
-            self._slin = self._format_known and self.law is None
+            self._slin = False  # until the first audio frame says it is 8 kHz slin
             self._relay_wanted = self.ctx.relays is not None and isinstance(self.call.session, StsSession)
             self.task = asyncio.ensure_future(self.call.run())
             self.task.add_done_callback(self._call_over)
@@ -151,13 +158,20 @@ class AudioSocketConnection(asyncio.Protocol):
             else:
                 self._close()
 
-    def _detect(self, payload: bytes) -> None:
-        self._format_known = True
-        self._slin = len(payload) != _ULAW_FRAME
-        self._relay_wanted = self._relay_wanted and self._slin
-        if len(payload) == _ULAW_FRAME:
+    def _detect(self, payload: bytes, rate: int) -> None:
+        """The first audio frame: its type and size, with AUDIOSOCKET_FORMAT, fix what the call's audio is."""
+        self._audio_seen = True
+        call_uuid = self.call.uuid if self.call else "?"
+        if rate != 8000:
+            self.law = None  # 0x11-0x18 are slin at their rate, whatever AUDIOSOCKET_FORMAT says of 0x10
+        elif not self._format_known and len(payload) == _ULAW_FRAME:
             self.law = g711.guess_law(payload)
-            log.info("call %s: G.711 %s detected", self.call.uuid if self.call else "?", self.law)
+            log.info("call %s: G.711 %s detected", call_uuid, self.law)
+        if self.law is None:
+            self.edge = edge_for(rate, len(payload), self.ctx.settings, call_uuid)
+        self._format_known = True
+        self._slin = self.law is None and self.edge is None  # 8 kHz slin: the hot path, and the relay may take it
+        self._relay_wanted = self._relay_wanted and self._slin
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         metrics.PROTOCOL_ERRORS.labels("audiosocket", exc.reason).inc()
@@ -238,6 +252,9 @@ class AudioSocketConnection(asyncio.Protocol):
             return
         if self._paused:  # Asterisk is not reading: drop rather than buffer without bound
             metrics.DROPPED_BACKPRESSURE.inc()
+            return
+        if self.edge is not None:
+            transport.write(self.edge.outbound(frame))
             return
         # slin whatever the caller sends: Asterisk reads every 0x10 frame as slin (res_audiosocket.c), G.711 too
         transport.write(wire.audio_frame(frame))

@@ -47,6 +47,9 @@ PROTOCOL_ERRORS: Final = Counter(
 CALLS_RELAYED: Final = Counter(
     "avr_calls_relayed_total", "Calls whose audio moved to the compiled data plane once in their steady state."
 )
+WIDEBAND_CALLS: Final = Counter(
+    "avr_audiosocket_wideband_calls_total", "AudioSocket calls above 8 kHz, by format.", ["format"]
+)
 RATE_LIMITED: Final = Counter(
     "avr_rate_limited_total",
     "Requests or calls refused by the rate limiter, by scope: http or call (per source address), caller.",

@@ -137,7 +137,7 @@ async def test_malformed_frame_ends_only_its_call(
     outcomes = await asyncio.gather(
         bad_call(b"\x42\x00\x01\x00"),  # unknown type
         bad_call(b"\x10\xff\xff"),  # absurd length, refused from the header alone
-        bad_call(b"\x12\x01\x40" + bytes(320)),  # 16 kHz slin: refused explicitly
+        bad_call(b"\x12\x02\x80" + bytes(640)),  # 16 kHz slin after 8 kHz audio: the rate changed
     )
     for data, closed in outcomes:
         assert closed, "the malformed call is ended, not left hanging"
@@ -148,7 +148,7 @@ async def test_malformed_frame_ends_only_its_call(
     for r in results:
         assert r.hangup and r.errors == []
         assert paced_whole(r)
-    for reason in ("unknown_type", "bad_length", "unsupported_rate"):
+    for reason in ("unknown_type", "bad_length", "rate_changed"):
         assert w.metric("avr_protocol_errors_total", {"leg": "audiosocket", "reason": reason}) == 1
     assert '"reason": "unknown_type"' in w.log
     assert w.metric("avr_calls_ended_total", {"reason": "hangup"}) == 2

@@ -157,7 +157,7 @@ async def test_dtmf_after_the_handover_reaches_the_provider_and_hangup_ends_clea
 BAD_FRAMES = {
     "unknown_type": b"\x42\x00\x01\x00",
     "bad_length": b"\x10\x00\x03abc",  # slin of odd length: the relay hands it to Python, which refuses it
-    "unsupported_rate": b"\x12\x01\x40" + SILENCE,
+    "rate_changed": b"\x12\x02\x80" + SILENCE * 2,  # 16 kHz audio in an 8 kHz call
 }
 
 

@@ -30,7 +30,7 @@ SESSION: list[tuple[int, bytes]] = [
     (0x00, b""),
 ]
 STREAM = b"".join(raw(k, p) for k, p in SESSION)
-EXPECTED = [Frame(Kind(k), p) for k, p in SESSION]
+EXPECTED = [Frame(Kind(k), p, 8000 if k == 0x10 else 0) for k, p in SESSION]
 
 
 def test_each_message_type_is_parsed() -> None:
@@ -59,7 +59,7 @@ def test_kind_values_match_the_spec() -> None:
 def test_length_is_big_endian() -> None:
     # 0x01 0x40 = 320 big-endian (it would be 16385 little-endian)
     frames = FrameParser().feed(b"\x10\x01\x40" + PCM_20MS)
-    assert frames == [Frame(Kind.AUDIO, PCM_20MS)]
+    assert frames == [Frame(Kind.AUDIO, PCM_20MS, 8000)]
 
 
 def test_split_at_every_byte_boundary_gives_the_same_frames() -> None:
@@ -124,26 +124,104 @@ def test_unknown_type_is_refused(kind: int) -> None:
     assert f"0x{kind:02x}" in str(err.value)
 
 
-@pytest.mark.parametrize(
-    ("kind", "rate"),
-    [
-        (0x11, 12000),
-        (0x12, 16000),
-        (0x13, 24000),
-        (0x14, 32000),
-        (0x15, 44100),
-        (0x16, 48000),
-        (0x17, 96000),
-        (0x18, 192000),
-    ],
-)
-def test_high_rate_slin_is_refused_by_name(kind: int, rate: int) -> None:
+RATES = [
+    (0x10, 8000),
+    (0x11, 12000),
+    (0x12, 16000),
+    (0x13, 24000),
+    (0x14, 32000),
+    (0x15, 44100),
+    (0x16, 48000),
+    (0x17, 96000),
+    (0x18, 192000),
+]
+
+
+@pytest.mark.parametrize(("kind", "rate"), RATES)
+def test_every_slin_type_is_audio_at_its_rate(kind: int, rate: int) -> None:
+    n = rate * 20 // 1000 * 2  # 20 ms: 640 bytes at 16 kHz
+    payload = bytes(range(256)) * (n // 256) + bytes(n % 256)
     p = FrameParser()
+    frames = p.feed(raw(0x01, CALL_ID.bytes) + raw(kind, payload) + raw(0x03, b"1") + raw(kind, payload))
+    assert frames == [
+        Frame(Kind.UUID, CALL_ID.bytes),
+        Frame(Kind.AUDIO, payload, rate),
+        Frame(Kind.DTMF, b"1"),
+        Frame(Kind.AUDIO, payload, rate),
+    ]
+    assert p.rate == rate
+    assert a.SLIN_RATES[kind] == rate
+
+
+@pytest.mark.parametrize(("kind", "rate"), RATES)
+def test_every_slin_type_survives_any_split(kind: int, rate: int) -> None:
+    n = rate * 20 // 1000 * 2
+    frames_in = [raw(kind, bytes([i]) * n) for i in range(5)]
+    stream = raw(0x01, CALL_ID.bytes) + b"".join(frames_in) + raw(0x00, b"")
+    for step in (1, 2, 3, 7, n + 2, n + 3, n + 4):
+        p = FrameParser()
+        out: list[Frame] = []
+        for i in range(0, len(stream), step):
+            out += p.feed(stream[i : i + step])
+        p.close()
+        assert [f.payload for f in out if f.kind is Kind.AUDIO] == [f[3:] for f in frames_in], step
+        assert {f.rate for f in out if f.kind is Kind.AUDIO} == {rate}
+        assert out[-1].kind is Kind.HANGUP
+
+
+@pytest.mark.parametrize(("first", "then"), [(0x10, 0x12), (0x12, 0x10), (0x12, 0x16), (0x16, 0x11)])
+def test_a_change_of_audio_type_mid_call_is_refused_from_its_header(first: int, then: int) -> None:
+    p = FrameParser()
+    good = raw(first, bytes(640))
+    with pytest.raises(ProtocolError) as err:
+        p.feed(raw(0x01, CALL_ID.bytes) + good + good + raw(then, bytes(640))[:3])
+    assert err.value.reason == "rate_changed"
+    assert f"0x{then:02x}" in str(err.value) and f"0x{first:02x}" in str(err.value)
+    # the valid frames before it are still handed over
+    assert [f.kind for f in err.value.frames] == [Kind.UUID, Kind.AUDIO, Kind.AUDIO]
+
+
+def test_the_call_type_holds_across_feeds() -> None:
+    p = FrameParser()
+    p.feed(raw(0x12, bytes(640)))
+    assert p.feed(raw(0x12, bytes(640))) == [Frame(Kind.AUDIO, bytes(640), 16000)]
+    with pytest.raises(ProtocolError) as err:
+        p.feed(raw(0x10, bytes(320)))
+    assert err.value.reason == "rate_changed"
+
+
+def test_a_client_s_parser_reads_each_frame_by_its_type() -> None:
+    p = FrameParser(one_type=False)
+    frames = p.feed(raw(0x10, bytes(320)) + raw(0x12, bytes(640)) + raw(0x10, bytes(320)))
+    assert [f.rate for f in frames] == [8000, 16000, 8000]
+    with pytest.raises(ProtocolError) as err:
+        p.feed(struct.pack(">BH", 0x10, 3000))  # each type's length limit still holds
+    assert err.value.reason == "bad_length"
+
+
+@pytest.mark.parametrize(("kind", "rate"), [(0x17, 96000), (0x18, 192000), (0x12, 16000)])
+def test_rates_outside_the_accepted_set_are_refused_by_name(kind: int, rate: int) -> None:
+    p = FrameParser(rates=(8000, 12000))
     # only the header: the refusal must not wait for the payload
     with pytest.raises(ProtocolError) as err:
         p.feed(raw(kind, bytes(640))[:3])
     assert err.value.reason == "unsupported_rate"
-    assert str(rate) in str(err.value)
+    assert str(rate) in str(err.value) and f"0x{kind:02x}" in str(err.value)
+
+
+@pytest.mark.parametrize(("kind", "rate"), RATES)
+def test_audio_longer_than_120_ms_at_its_rate_is_refused_from_the_header(kind: int, rate: int) -> None:
+    limit = min(0xFFFF, rate * 120 // 1000 * 2)
+    assert FrameParser().feed(raw(kind, bytes(limit)))[0].rate == rate
+    if limit < 0xFFFF:
+        with pytest.raises(ProtocolError) as err:
+            FrameParser().feed(struct.pack(">BH", kind, limit + 1))
+        assert err.value.reason == "bad_length"
+
+
+def test_audio_frame_encodes_other_types() -> None:
+    assert a.audio_frame(b"\x01\x02", 0x12) == b"\x12\x00\x02\x01\x02"
+    assert a.audio_header(0x12, 640) == b"\x12\x02\x80"
 
 
 @pytest.mark.parametrize("length", [1921, 4000, 0xFFFF])
@@ -168,7 +246,8 @@ def test_empty_audio_is_refused() -> None:
 
 
 def test_largest_audio_payload_is_accepted() -> None:
-    assert FrameParser().feed(raw(0x10, bytes(a.MAX_AUDIO_PAYLOAD))) == [Frame(Kind.AUDIO, bytes(a.MAX_AUDIO_PAYLOAD))]
+    payload = bytes(a.MAX_AUDIO_PAYLOAD)
+    assert FrameParser().feed(raw(0x10, payload)) == [Frame(Kind.AUDIO, payload, 8000)]
 
 
 def test_oversized_error_payload_is_refused() -> None:
@@ -237,10 +316,10 @@ def test_encoders_round_trip_through_the_parser() -> None:
     p.close()
     assert frames == [
         Frame(Kind.UUID, CALL_ID.bytes),
-        Frame(Kind.AUDIO, PCM_20MS),
+        Frame(Kind.AUDIO, PCM_20MS, 8000),
         Frame(Kind.DTMF, b"7"),
         Frame(Kind.ERROR, bytes([a.ErrorCode.AT_CAPACITY])),
-        Frame(Kind.AUDIO, b"\x00\x01" * 960),
+        Frame(Kind.AUDIO, b"\x00\x01" * 960, 8000),
         Frame(Kind.HANGUP, b""),
     ]
     assert a.parse_uuid(frames[0].payload) == str(CALL_ID)

@@ -219,7 +219,7 @@ def spoken(rig: Rig) -> list[bytes]:
 async def test_provider_audio_is_paced_frame_by_frame_then_silence(make_rig: MakeRig) -> None:
     rig = await make_rig()
     assert await until(lambda: len(rig.asterisk.frames) >= 3), "silence while idle"
-    assert all(f == wire.Frame(wire.Kind.AUDIO, SILENCE) for f in rig.asterisk.frames)
+    assert all(f == wire.Frame(wire.Kind.AUDIO, SILENCE, 8000) for f in rig.asterisk.frames)
     start = len(rig.asterisk.frames)
     audio = pcm(3 * FRAME, seed=7)
     rig.provider.write(server_frame(ws.TEXT, audio_message(audio)))
@@ -1048,12 +1048,14 @@ async def live_call(ip: InProcess) -> LiveCall:
     reader, writer = await asyncio.open_connection("127.0.0.1", ip.port)
     caller = Caller(reader, writer)
     collecting = asyncio.create_task(caller.collect())
-    writer.write(wire.uuid_frame(uuid.uuid4()))
+    # one frame of audio first, as Asterisk streams from the start: it tells the leg the call is 8 kHz slin
+    writer.write(wire.uuid_frame(uuid.uuid4()) + wire.audio_frame(SILENCE))
 
     def ready() -> bool:
         call = ip.legs[0].call if ip.legs else None
         return (
             call is not None
+            and ip.legs[0].detachable()
             and call.session is not None
             and isinstance(call.session, StsSession)
             and (call.session.connection is not None and call.pacer.snapshot() is not None)
@@ -1092,7 +1094,7 @@ async def test_take_over_moves_a_live_call_and_python_keeps_its_control_path(in_
     assert await asyncio.wait_for(leg.task, 5) == "hangup"
     await asyncio.wait_for(collecting, 5)
     assert caller.closed and caller.frames[-1].kind is wire.Kind.HANGUP
-    assert ip.stats["sts_audio"] == len(words)
+    assert ip.stats["sts_audio"] == 1 + len(words)  # and live_call's first frame
     assert await until(lambda: ip.relays.active == 0), "both sockets closed, the engine let go"
     caller.writer.close()
 
