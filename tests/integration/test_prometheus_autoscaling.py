@@ -191,6 +191,8 @@ def _stack(namespace: str) -> list[dict[str, Any]]:
         },
     }
     spec["core"]["drain"] = {"timeoutSeconds": 0, "preStopSeconds": 0}
+    # the pods' own ServiceAccount for their deletion cost is not applied here: the workers run outside the pods
+    spec["core"]["scaleIn"] = {"deletionCost": False}
     spec["rollout"] = {"minReadySeconds": 0}
     owner = AVRDeployment.from_body(body)
     core = child_name(owner, CORE)
