@@ -292,5 +292,7 @@ class Call:
         collector, every ended call's objects would reach its oldest generation, whose full collections stall
         the event loop in proportion to it."""
         self.pacer.close()
+        if self.session is not None:
+            self.session.release()
         self.session = None
         self._relay = None

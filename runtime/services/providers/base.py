@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 
 class Listener(Protocol):
@@ -16,11 +16,37 @@ class Listener(Protocol):
     def on_turn_latency(self, seconds: float) -> None: ...
 
 
+class Unheard:
+    """The listener of a session whose call is over: what still arrives goes nowhere."""
+
+    def on_audio(self, pcm: bytes) -> None:
+        pass
+
+    def on_interruption(self, source: str) -> None:
+        pass
+
+    def on_transcript(self, role: str, text: str) -> None:
+        pass
+
+    def on_turn_latency(self, seconds: float) -> None:
+        pass
+
+
+UNHEARD: Final = Unheard()
+
+
 class ProviderSession(abc.ABC):
     """One call's conversation with its provider(s). Audio in and out is PCM16 8 kHz mono."""
 
+    _listener: Listener
+
     def __init__(self) -> None:
         self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def release(self) -> None:
+        """The call is over: let go of it. A cancelled connection attempt's traceback may keep this session
+        for the cyclic collector; it must not keep the call (and its buffers) with it."""
+        self._listener = UNHEARD
 
     def set_call_info(self, url: str | None, metadata: dict[str, Any]) -> None:
         """The call's /call metadata, when it arrived after the session was made (from a peer); before start()."""
