@@ -36,6 +36,9 @@ CHILD_RESOURCES = (
     ("autoscaling", "v2", "horizontalpodautoscalers"),
     # Watched once KEDA's CRD exists (kopf notices CRDs appearing); without it, nothing to watch.
     ("keda.sh", "v1alpha1", "scaledobjects"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
+    # Likewise once prometheus-operator's CRDs exist.
+    ("monitoring.coreos.com", "v1", "podmonitors"),
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -12,8 +13,10 @@ from avr_operator.api.types import (
     EnvVar,
     ImagePullSecret,
     IntOrPercent,
+    LabelSelector,
     Quantity,
     Resources,
+    SecretKeyRef,
     SecretKeySelector,
     env_field,
     env_from_field,
@@ -22,6 +25,14 @@ from avr_operator.api.types import (
 
 Image = Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
+Cidr = Annotated[
+    str,
+    Field(
+        min_length=3,
+        max_length=64,
+        pattern=r"^([0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9a-fA-F:]*:[0-9a-fA-F:.]*/[0-9]{1,3})$",
+    ),
+]
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 
 
@@ -249,6 +260,35 @@ class WebhookSpec(ApiModel):
     retries: int = Field(0, ge=0, le=10, description="Retries of a failed delivery (WEBHOOK_RETRY).")
 
 
+class TracingSpec(ApiModel):
+    """OpenTelemetry traces of the calls, exported over OTLP/HTTP (the worker's standard OTEL_* variables)."""
+
+    endpoint: str = Field(
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description=(
+            "OTLP/HTTP endpoint spans are sent to, e.g. http://otel-collector.monitoring:4318 "
+            "(OTEL_EXPORTER_OTLP_ENDPOINT)."
+        ),
+    )
+    sampling_ratio: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Share of calls traced, 0 to 1, unless the caller's trace context decides "
+            "(OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG)."
+        ),
+    )
+    service_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[^\s,=]+$",
+        description="Service name of the spans, <name>-core when unset (OTEL_SERVICE_NAME).",
+    )
+
+
 class PortsSpec(ApiModel):
     """Listening ports of the core."""
 
@@ -294,6 +334,14 @@ class CoreSpec(ApiModel):
     drain: DrainSpec = sub(DrainSpec, "Call draining on shutdown.")
     scale_in: ScaleInSpec = sub(ScaleInSpec, "Which pods go first when the core scales in.")
     webhook: WebhookSpec | None = Field(None, description="Call event webhook; unset disables it.")
+    tracing: TracingSpec | None = Field(None, description="OpenTelemetry tracing of the calls; unset disables it.")
+    api_token_secret_ref: SecretKeyRef | None = Field(
+        None,
+        description=(
+            "Secret key holding the token every POST of the worker's HTTP API (/call, /cache/prewarm, the peers' "
+            "claims) must carry as Authorization: Bearer <token> (API_TOKEN); unset: no authentication."
+        ),
+    )
     ports: PortsSpec = sub(PortsSpec, "Listening ports.")
     env: tuple[EnvVar, ...] = env_field("core")
     env_from: tuple[EnvFromSource, ...] = env_from_field("core")
@@ -603,6 +651,120 @@ class ServiceSpec(ApiModel):
     )
 
 
+# --- network policy, monitoring ------------------------------------------------------------------------
+
+
+class IpBlock(ApiModel):
+    """A range of addresses (CIDR), optionally with holes."""
+
+    cidr: Cidr = Field(description="Addresses allowed, e.g. 10.20.0.0/24 or 2001:db8::/64.")
+    except_: tuple[Cidr, ...] = Field(
+        default_factory=tuple, alias="except", max_length=20, description="Ranges inside cidr that are not allowed."
+    )
+
+
+class NetworkPeer(ApiModel):
+    """Who may connect: an ipBlock, or pods chosen by podSelector and/or namespaceSelector (a NetworkPolicyPeer).
+
+    podSelector alone means pods of this namespace; namespaceSelector alone every pod of those namespaces; both,
+    the matching pods of the matching namespaces.
+    """
+
+    ip_block: IpBlock | None = Field(None, description="Addresses, e.g. the PBX's, outside or inside the cluster.")
+    pod_selector: LabelSelector | None = Field(
+        None, description="Pods (of this namespace, unless namespaceSelector is set too)."
+    )
+    namespace_selector: LabelSelector | None = Field(
+        None,
+        description="Namespaces, e.g. {matchLabels: {kubernetes.io/metadata.name: monitoring}}; {} means every one.",
+    )
+
+    rules = (
+        Rule(
+            "has(self.ipBlock) ? !(has(self.podSelector) || has(self.namespaceSelector))"
+            " : (has(self.podSelector) || has(self.namespaceSelector))",
+            "set ipBlock, or podSelector and/or namespaceSelector",
+            lambda s: (
+                not (s.pod_selector or s.namespace_selector)
+                if s.ip_block
+                else (s.pod_selector is not None or s.namespace_selector is not None)
+            ),
+        ),
+    )
+
+
+def _peers_field(description: str) -> Any:
+    return Field(default_factory=tuple, max_length=50, description=description)
+
+
+class NetworkPolicySpec(ApiModel):
+    """NetworkPolicies limiting who reaches the pods (ingress only; enforced only by a CNI that supports them)."""
+
+    enabled: bool = Field(
+        False,
+        description=(
+            "Create NetworkPolicies: the core's ports only from the peers below (HTTP also from the core pods), "
+            "each provider's port only from the core pods."
+        ),
+    )
+    audio_socket_from: tuple[NetworkPeer, ...] = _peers_field(
+        "Who may open AudioSocket connections to the core (the PBX); required when enabled."
+    )
+    http_from: tuple[NetworkPeer, ...] = _peers_field(
+        "Who may reach the core's HTTP port besides the core pods: the PBX for POST /call, Prometheus for /metrics. "
+        "Empty: only the core pods (and the kubelet's probes)."
+    )
+
+    rules = (
+        Rule(
+            "!self.enabled || size(self.audioSocketFrom) > 0",
+            "audioSocketFrom needs at least one peer when enabled (else no call reaches the core)",
+            lambda s: not s.enabled or len(s.audio_socket_from) > 0,
+            field="audioSocketFrom",
+        ),
+    )
+
+
+Duration = Annotated[str, Field(max_length=32, pattern=r"^([0-9]+(ms|s|m|h))+$")]
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(duration: str) -> float:
+    """A Prometheus-style duration (1m30s, 500ms) in seconds, as CEL's duration() reads it."""
+    return sum(int(n) * _UNITS[unit] for n, unit in re.findall(r"([0-9]+)(ms|s|m|h)", duration))
+
+
+class PodMonitorSpec(ApiModel):
+    """A prometheus-operator PodMonitor scraping the core pods' /metrics."""
+
+    enabled: bool = Field(
+        False,
+        description="Create a PodMonitor (monitoring.coreos.com/v1) for the core pods; needs prometheus-operator.",
+    )
+    interval: Duration = Field("30s", description="How often Prometheus scrapes each core pod.")
+    scrape_timeout: Duration = Field("10s", description="Timeout of one scrape; at most interval.")
+    labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict,
+        max_length=20,
+        description="Extra labels of the PodMonitor, e.g. the one your Prometheus selects PodMonitors by.",
+    )
+
+    rules = (
+        Rule(
+            "duration(self.scrapeTimeout) <= duration(self.interval)",
+            "scrapeTimeout must not exceed interval",
+            lambda s: _seconds(s.scrape_timeout) <= _seconds(s.interval),
+            field="scrapeTimeout",
+        ),
+    )
+
+
+class MonitoringSpec(ApiModel):
+    """How Prometheus finds the core's metrics (the pods also carry prometheus.io/* annotations)."""
+
+    pod_monitor: PodMonitorSpec = sub(PodMonitorSpec, "A prometheus-operator PodMonitor of the core pods.")
+
+
 class AVRDeploymentSpec(ApiModel):
     """Desired state of an AVR stack: a core, its providers, and how they scale, roll out and are reached."""
 
@@ -612,6 +774,8 @@ class AVRDeploymentSpec(ApiModel):
     rollout: RolloutSpec = sub(RolloutSpec, "Rolling update strategy of every component.")
     availability: AvailabilitySpec = sub(AvailabilitySpec, "PodDisruptionBudgets.")
     service: ServiceSpec = sub(ServiceSpec, "The core's Service.")
+    network_policy: NetworkPolicySpec = sub(NetworkPolicySpec, "NetworkPolicies of the core and the providers.")
+    monitoring: MonitoringSpec = sub(MonitoringSpec, "Prometheus scraping of the core.")
     image_pull_secrets: tuple[ImagePullSecret, ...] = Field(
         default_factory=tuple, max_length=10, description="Secrets used to pull every component's image."
     )

@@ -7,7 +7,7 @@ described.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, WithJsonSchema
 
@@ -99,6 +99,47 @@ class SecretKeySelector(ApiModel):
     key: Annotated[str, Field(min_length=1, max_length=253)] = Field(description="Key inside the Secret.")
     optional: bool | None = Field(
         None, description="If true, a missing Secret or key is not an error (the variable is left unset)."
+    )
+
+
+class SecretKeyRef(ApiModel):
+    """One key of a Secret in the resource's namespace, which must exist (no `optional`)."""
+
+    name: ObjectName = Field(description="Name of the Secret.")
+    key: Annotated[str, Field(min_length=1, max_length=253)] = Field(description="Key inside the Secret.")
+
+
+LabelKey = Annotated[str, Field(min_length=1, max_length=317, pattern=r"^([a-z0-9.-]+/)?[A-Za-z0-9._-]+$")]
+LabelValue = Annotated[str, Field(max_length=63, pattern=r"^([A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)?$")]
+
+
+class LabelSelectorRequirement(ApiModel):
+    """A set-based requirement on one label."""
+
+    key: LabelKey = Field(description="Label key.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(description="How the values apply.")
+    values: tuple[LabelValue, ...] = Field(
+        default_factory=tuple, max_length=50, description="Values for In and NotIn; empty for Exists, DoesNotExist."
+    )
+
+    rules = (
+        Rule(
+            "(self.operator in ['In', 'NotIn']) == (size(self.values) > 0)",
+            "values are required with In and NotIn, and refused with Exists and DoesNotExist",
+            lambda s: (s.operator in ("In", "NotIn")) == (len(s.values) > 0),
+            field="values",
+        ),
+    )
+
+
+class LabelSelector(ApiModel):
+    """A Kubernetes label selector; empty ({}) selects everything."""
+
+    match_labels: dict[str, LabelValue] = Field(
+        default_factory=dict, max_length=20, description="Labels that must all match."
+    )
+    match_expressions: tuple[LabelSelectorRequirement, ...] = Field(
+        default_factory=tuple, max_length=20, description="Requirements that must all hold."
     )
 
 

@@ -32,6 +32,8 @@ PLURALS = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "ScaledObject": "scaledobjects",
+    "NetworkPolicy": "networkpolicies",
+    "PodMonitor": "podmonitors",
     KIND: PLURAL,
 }
 

@@ -95,14 +95,15 @@ async def _realise(cluster: Cluster, cache: ChildCache, res: AVRDeployment) -> t
     if problems:
         return 0, problems
     manifests = render(res)
-    unserved = [
-        f"{m['apiVersion']} {m['kind']}"
-        for m in manifests
-        if (m["apiVersion"], m["kind"]) in OPTIONAL_KINDS and not await cluster.served(m["apiVersion"], m["kind"])
-    ]
+    optional = sorted(
+        {(m["apiVersion"], m["kind"]) for m in manifests if (m["apiVersion"], m["kind"]) in OPTIONAL_KINDS}
+    )
+    unserved = [kind for kind in optional if not await cluster.served(*kind)]
     if unserved:
         # Reported, retried every RETRY_SECONDS (the add-on may be installed later); nothing half-applied.
-        message = f"the cluster does not serve {', '.join(unserved)}: install KEDA, or set autoscaling.engine: hpa"
+        message = "; ".join(
+            f"the cluster does not serve {api} {kind}: {OPTIONAL_KINDS[api, kind]}" for api, kind in unserved
+        )
         return 0, [Problem("MissingAPI", message)]
     try:
         todo = await plan(cluster, manifests, cache)

@@ -7,7 +7,9 @@ from typing import Any
 from avr_operator.api.resource import AVRDeployment
 from avr_operator.render.access import worker_access
 from avr_operator.render.components import components
+from avr_operator.render.monitoring import pod_monitor
 from avr_operator.render.names import CORE
+from avr_operator.render.network import network_policy
 from avr_operator.render.scaling import autoscaler, disruption_budget
 from avr_operator.render.workloads import config_map, deployment, peer_service, service
 
@@ -24,10 +26,18 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("policy/v1", "PodDisruptionBudget"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("keda.sh/v1alpha1", "ScaledObject"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
 )
 
-# Kinds from APIs a cluster may not serve (installed add-ons): checked before anything is written.
-OPTIONAL_KINDS: frozenset[tuple[str, str]] = frozenset({("keda.sh/v1alpha1", "ScaledObject")})
+# Kinds from APIs a cluster may not serve (installed add-ons), checked before anything is written, with what to
+# do about a missing one.
+OPTIONAL_KINDS: dict[tuple[str, str], str] = {
+    ("keda.sh/v1alpha1", "ScaledObject"): "install KEDA, or set autoscaling.engine: hpa",
+    ("monitoring.coreos.com/v1", "PodMonitor"): (
+        "install prometheus-operator (its CRDs), or set monitoring.podMonitor.enabled: false"
+    ),
+}
 
 
 def render(owner: AVRDeployment) -> list[Manifest]:
@@ -37,9 +47,12 @@ def render(owner: AVRDeployment) -> list[Manifest]:
         if c.role == CORE:
             out.append(peer_service(owner, c))
         out.append(deployment(owner, c))
-        for optional in (disruption_budget(owner, c), autoscaler(owner, c)):
+        for optional in (disruption_budget(owner, c), autoscaler(owner, c), network_policy(owner, c)):
             if optional is not None:
                 out.append(optional)
+        monitor = pod_monitor(owner, c)
+        if monitor is not None:
+            out.append(monitor)
     return out
 
 

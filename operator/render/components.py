@@ -135,6 +135,11 @@ def core_config(owner: AVRDeployment) -> dict[str, str]:
         env["WEBHOOK_URL"] = core.webhook.url
         env["WEBHOOK_TIMEOUT"] = core.webhook.timeout_ms
         env["WEBHOOK_RETRY"] = core.webhook.retries
+    if core.tracing is not None:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = core.tracing.endpoint
+        env["OTEL_TRACES_SAMPLER"] = TRACES_SAMPLER
+        env["OTEL_TRACES_SAMPLER_ARG"] = core.tracing.sampling_ratio
+        env["OTEL_SERVICE_NAME"] = core.tracing.service_name or child_name(owner, CORE)
     return {k: str(v) for k, v in env.items()}
 
 
@@ -190,9 +195,13 @@ def _grace_seconds(core: CoreSpec) -> int:
 # The pod's identity from the downward API: the worker patches its own pod (deletion cost) and knows itself
 # among its peers.
 DOWNWARD_ENV = (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace"))
+# Traces of calls whose caller sent no trace context are sampled at core.tracing.samplingRatio; a caller's
+# decision (a sampled traceparent) is followed.
+TRACES_SAMPLER = "parentbased_traceidratio"
 
 
-def _core_env(core: CoreSpec) -> list[dict[str, Any]]:
+def _core_env(owner: AVRDeployment) -> list[dict[str, Any]]:
+    core = owner.spec.core
     env = [e.dump() for e in core.env]
     given = {e["name"] for e in env}
     generated: list[dict[str, Any]] = [
@@ -201,6 +210,16 @@ def _core_env(core: CoreSpec) -> list[dict[str, Any]]:
     secret = core.webhook.secret_ref if core.webhook is not None else None
     if secret is not None:
         generated.append({"name": "WEBHOOK_SECRET", "valueFrom": {"secretKeyRef": secret.dump()}})
+    if core.api_token_secret_ref is not None:
+        # Straight from the Secret, never through the ConfigMap.
+        generated.append({"name": "API_TOKEN", "valueFrom": {"secretKeyRef": core.api_token_secret_ref.dump()}})
+    if core.tracing is not None:
+        # $(VAR) expands variables defined earlier in the list: the downward API's POD_NAME and POD_NAMESPACE.
+        attributes = (
+            "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE),"
+            f"k8s.deployment.name={child_name(owner, CORE)}"
+        )
+        generated.append({"name": "OTEL_RESOURCE_ATTRIBUTES", "value": attributes})
     # Explicit env entries win (they are the user's override); generated ones come first.
     return [g for g in generated if g["name"] not in given] + env
 
@@ -240,7 +259,7 @@ def _core(owner: AVRDeployment) -> Component:
         replicas=core.replicas,
         resources=core.resources.dump(),
         config=core_config(owner),
-        env=_core_env(core),
+        env=_core_env(owner),
         env_from=[e.dump() for e in core.env_from],
         pre_stop_seconds=core.drain.pre_stop_seconds,
         grace_seconds=_grace_seconds(core),

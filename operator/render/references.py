@@ -42,6 +42,9 @@ def references(spec: AVRDeploymentSpec) -> list[Reference]:
     webhook = spec.core.webhook
     if webhook is not None and webhook.secret_ref is not None and not webhook.secret_ref.optional:
         refs.append(Reference("Secret", webhook.secret_ref.name, webhook.secret_ref.key, "core.webhook.secretRef"))
+    token = spec.core.api_token_secret_ref
+    if token is not None:
+        refs.append(Reference("Secret", token.name, token.key, "core.apiTokenSecretRef"))
     for role, provider in spec.providers.items():
         refs += _env_refs(provider.env, provider.env_from, f"providers.{role}")
     for i, pull in enumerate(spec.image_pull_secrets):

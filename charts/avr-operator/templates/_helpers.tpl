@@ -71,6 +71,8 @@ What the operator does inside a namespace it watches (operator/apply, operator/h
 - The core workers' ServiceAccount, Role and RoleBinding (core.scaleIn.deletionCost). The Role lets the workers
   get and patch pods, and RBAC only lets the operator grant what it holds itself: hence get and patch on pods
   (it never lists, watches, creates or deletes them).
+- NetworkPolicies (networkPolicy.enabled) and prometheus-operator PodMonitors (monitoring.podMonitor.enabled),
+  children like the others; PodMonitors only where their CRD is installed.
 */}}
 {{- define "avr-operator.namespacedRules" -}}
 - apiGroups: ["avr.agentvoiceresponse.com"]
@@ -102,6 +104,12 @@ What the operator does inside a namespace it watches (operator/apply, operator/h
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["podmonitors"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["secrets"]

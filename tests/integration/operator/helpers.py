@@ -229,6 +229,8 @@ NAMESPACED_RULES = [
     ("autoscaling", ["horizontalpodautoscalers"], ["get", "list", "watch", "create", "patch", "delete"]),
     ("keda.sh", ["scaledobjects"], ["get", "list", "watch", "create", "patch", "delete"]),
     ("policy", ["poddisruptionbudgets"], ["get", "list", "watch", "create", "patch", "delete"]),
+    ("networking.k8s.io", ["networkpolicies"], ["get", "list", "watch", "create", "patch", "delete"]),
+    ("monitoring.coreos.com", ["podmonitors"], ["get", "list", "watch", "create", "patch", "delete"]),
     ("", ["secrets"], ["get"]),
     ("", ["events"], ["create"]),
     ("events.k8s.io", ["events"], ["create"]),
