@@ -139,6 +139,39 @@ def test_a_user_resources_block_replaces_the_default_as_the_api_server_would() -
         ({"core": {**CORE, "env": [{"name": "A", "valueFrom": {}}]}}, "exactly one of secretKeyRef"),
         ({"core": {**CORE, "webhook": {"url": "ftp://x"}}}, "should match pattern"),
         ({"core": {**CORE, "replica": 2}}, "Extra inputs are not permitted"),
+        ({"core": {**CORE, "tracing": {"endpoint": "otel:4318"}}}, "should match pattern"),
+        ({"core": {**CORE, "tracing": {"endpoint": "grpc://otel:4317"}}}, "should match pattern"),
+        ({"core": {**CORE, "tracing": {"endpoint": "http://o:4318", "samplingRatio": 1.5}}}, "less than or equal to 1"),
+        ({"core": {**CORE, "tracing": {"endpoint": "http://o:4318", "samplingRatio": -0.1}}}, "greater than or equal"),
+        ({"core": {**CORE, "tracing": {"samplingRatio": 0.5}}}, "endpoint"),
+        ({"core": {**CORE, "apiTokenSecretRef": {"name": "t"}}}, "key"),
+        ({"core": {**CORE, "apiTokenSecretRef": {"name": "t", "key": "k", "optional": True}}}, "Extra inputs"),
+        ({"networkPolicy": {"enabled": True}}, "audioSocketFrom: audioSocketFrom needs at least one peer"),
+        (
+            {"networkPolicy": {"audioSocketFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}},
+            "set ipBlock, or podSelector and/or namespaceSelector",
+        ),
+        ({"networkPolicy": {"httpFrom": [{}]}}, "set ipBlock, or podSelector and/or namespaceSelector"),
+        ({"networkPolicy": {"httpFrom": [{"ipBlock": {"cidr": "10.0.0.1"}}]}}, "should match pattern"),
+        (
+            {"networkPolicy": {"httpFrom": [{"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}]}},
+            "values: values are required with In and NotIn",
+        ),
+        (
+            {
+                "networkPolicy": {
+                    "httpFrom": [
+                        {"podSelector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}}
+                    ]
+                }
+            },
+            "values: values are required with In and NotIn",
+        ),
+        ({"monitoring": {"podMonitor": {"interval": "30 seconds"}}}, "should match pattern"),
+        (
+            {"monitoring": {"podMonitor": {"interval": "10s", "scrapeTimeout": "1m"}}},
+            "scrapeTimeout: scrapeTimeout must not",
+        ),
         ({"rollout": {"maxSurge": "lots"}}, "percentage"),
     ],
 )

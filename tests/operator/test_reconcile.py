@@ -317,3 +317,59 @@ async def test_keda_not_installed_is_reported_without_writing_children() -> None
     assert cluster.find("HorizontalPodAutoscaler", "demo-core") is None
     degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "False"
+
+
+POD_MONITOR = ("monitoring.coreos.com/v1", "PodMonitor")
+
+
+async def test_pod_monitor_without_prometheus_operator_is_reported_without_writing_children() -> None:
+    cluster = cluster_with({**BODY["spec"], "monitoring": {"podMonitor": {"enabled": True}}})
+    result = await run(cluster)
+    degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "MissingAPI")
+    assert "monitoring.coreos.com/v1 PodMonitor" in degraded["message"]
+    assert "monitoring.podMonitor.enabled: false" in degraded["message"]
+    assert "KEDA" not in degraded["message"]
+    assert [w for w in cluster.writes if w[0] != "status"] == []
+    assert result.requeue_after is not None
+    cluster.served_kinds.add(POD_MONITOR)
+    result = await run(cluster)
+    assert cluster.find("PodMonitor", "demo-core") is not None
+    degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "False"
+    # Turned off again: pruned like any child.
+    set_spec(cluster, monitoring={"podMonitor": {"enabled": False}})
+    await run(cluster)
+    assert cluster.find("PodMonitor", "demo-core") is None
+
+
+async def test_both_missing_apis_are_named() -> None:
+    spec = {**BODY["spec"], "autoscaling": KEDA_SPEC, "monitoring": {"podMonitor": {"enabled": True}}}
+    cluster = cluster_with(spec)
+    result = await run(cluster)
+    message = next(c for c in result.status["conditions"] if c["type"] == "Degraded")["message"]
+    assert "keda.sh/v1alpha1 ScaledObject" in message and "monitoring.coreos.com/v1 PodMonitor" in message
+
+
+async def test_network_policies_are_created_and_pruned() -> None:
+    policy = {"enabled": True, "audioSocketFrom": [{"ipBlock": {"cidr": "10.20.0.0/24"}}]}
+    cluster = cluster_with({**BODY["spec"], "networkPolicy": policy})
+    await run(cluster)
+    assert cluster.find("NetworkPolicy", "demo-core") is not None
+    assert cluster.find("NetworkPolicy", "demo-sts") is not None
+    cluster.reset_writes()
+    await run(cluster)
+    assert [w for w in cluster.writes if w[0] != "status"] == []
+    set_spec(cluster, networkPolicy={"enabled": False})
+    await run(cluster)
+    assert cluster.find("NetworkPolicy", "demo-core") is None and cluster.find("NetworkPolicy", "demo-sts") is None
+
+
+async def test_a_missing_api_token_secret_is_a_missing_reference() -> None:
+    core = {**BODY["spec"]["core"], "apiTokenSecretRef": {"name": "avr-api", "key": "token"}}
+    cluster = cluster_with({**BODY["spec"], "core": core})
+    result = await run(cluster)
+    degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "MissingReference"
+    assert "core.apiTokenSecretRef" in degraded["message"]
+    assert [w for w in cluster.writes if w[0] != "status"] == []

@@ -414,3 +414,138 @@ def test_keda_query_and_explicit_target(make_body: Make) -> None:
 def test_no_scaled_object_unless_asked(make_body: Make) -> None:
     for autoscaling in ({"enabled": True}, {"enabled": False, "engine": "keda", "keda": KEDA}):
         assert not any(kind == "ScaledObject" for kind, _ in manifests(make_body(autoscaling=autoscaling)))
+
+
+# --- tracing, API token, network policies, PodMonitor ------------------------------------------------------
+
+TRACING = {"endpoint": "http://otel-collector.monitoring:4318"}
+PBX = {"ipBlock": {"cidr": "10.20.0.0/24"}}
+MONITORING_NS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+CORE_PODS = {
+    "podSelector": {
+        "matchLabels": {
+            "app.kubernetes.io/name": "avr",
+            "app.kubernetes.io/instance": "demo",
+            "app.kubernetes.io/component": "core",
+        }
+    }
+}
+
+
+def test_nothing_of_tracing_token_policies_or_monitors_unless_asked(make_body: Make) -> None:
+    objs = manifests(make_body())
+    config = objs["ConfigMap", "demo-core"]["data"]
+    assert not [k for k in config if k.startswith("OTEL_") or k == "API_TOKEN"]
+    names = {e["name"] for e in container(objs, "demo-core")["env"]}
+    assert names == {"POD_NAME", "POD_NAMESPACE"}
+    assert not {kind for kind, _ in objs} & {"NetworkPolicy", "PodMonitor"}
+
+
+def test_tracing_renders_the_standard_otel_variables(make_body: Make) -> None:
+    objs = manifests(make_body(core={"image": "x", "tracing": TRACING}))
+    config = objs["ConfigMap", "demo-core"]["data"]
+    assert config["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.monitoring:4318"
+    assert config["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    assert config["OTEL_TRACES_SAMPLER_ARG"] == "0.1"
+    assert config["OTEL_SERVICE_NAME"] == "demo-core"
+    env = container(objs, "demo-core")["env"]
+    names = [e["name"] for e in env]
+    # Dependent variables expand only from variables defined before them.
+    assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+    assert names.index("POD_NAMESPACE") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+    attributes = next(e for e in env if e["name"] == "OTEL_RESOURCE_ATTRIBUTES")["value"]
+    assert attributes.split(",") == [
+        "k8s.pod.name=$(POD_NAME)",
+        "k8s.namespace.name=$(POD_NAMESPACE)",
+        "k8s.deployment.name=demo-core",
+    ]
+    # Providers are not the worker: they get nothing of it.
+    assert not [k for k in objs["ConfigMap", "demo-sts"]["data"] if k.startswith("OTEL_")]
+
+
+def test_tracing_ratio_and_service_name(make_body: Make) -> None:
+    tracing = {**TRACING, "samplingRatio": 1, "serviceName": "avr-core-eu"}
+    config = manifests(make_body(core={"image": "x", "tracing": tracing}))["ConfigMap", "demo-core"]["data"]
+    assert (config["OTEL_TRACES_SAMPLER_ARG"], config["OTEL_SERVICE_NAME"]) == ("1.0", "avr-core-eu")
+
+
+def test_api_token_comes_from_its_secret_never_the_config_map(make_body: Make) -> None:
+    objs = manifests(make_body(core={"image": "x", "apiTokenSecretRef": {"name": "avr-api", "key": "token"}}))
+    env = container(objs, "demo-core")["env"]
+    token = next(e for e in env if e["name"] == "API_TOKEN")
+    assert token == {"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "avr-api", "key": "token"}}}
+    assert "API_TOKEN" not in objs["ConfigMap", "demo-core"]["data"]
+    assert "env" not in container(objs, "demo-sts")
+
+
+def test_an_explicit_env_entry_overrides_the_token(make_body: Make) -> None:
+    core = {
+        "image": "x",
+        "apiTokenSecretRef": {"name": "avr-api", "key": "token"},
+        "env": [{"name": "API_TOKEN", "value": "t"}],
+    }
+    env = container(manifests(make_body(core=core)), "demo-core")["env"]
+    assert [e for e in env if e["name"] == "API_TOKEN"] == [{"name": "API_TOKEN", "value": "t"}]
+
+
+def test_network_policies_limit_the_core_to_its_peers_and_providers_to_the_core(make_body: Make) -> None:
+    policy = {"enabled": True, "audioSocketFrom": [PBX], "httpFrom": [PBX, MONITORING_NS]}
+    objs = manifests(make_body(networkPolicy=policy))
+    core = objs["NetworkPolicy", "demo-core"]
+    assert core["apiVersion"] == "networking.k8s.io/v1"
+    assert core["metadata"]["ownerReferences"][0]["uid"] == "1234-abcd"
+    spec = core["spec"]
+    assert spec["podSelector"] == {"matchLabels": CORE_PODS["podSelector"]["matchLabels"]}
+    assert spec["policyTypes"] == ["Ingress"]
+    audio, http = spec["ingress"]
+    assert audio == {"from": [PBX], "ports": [{"protocol": "TCP", "port": 5001}]}
+    # The core pods reach each other's HTTP port (the peers' claims); empty lists the API server drops are left out.
+    assert http == {"from": [PBX, MONITORING_NS, CORE_PODS], "ports": [{"protocol": "TCP", "port": 3000}]}
+    sts = objs["NetworkPolicy", "demo-sts"]["spec"]
+    assert sts["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "sts"
+    assert sts["ingress"] == [{"from": [CORE_PODS], "ports": [{"protocol": "TCP", "port": 6030}]}]
+
+
+def test_network_policies_follow_the_ports_and_the_trio(make_body: Make) -> None:
+    peer = {"ipBlock": {"cidr": "192.168.0.0/16", "except": ["192.168.9.0/24"]}}
+    selector = {"podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["asterisk"]}]}}
+    body = make_body(
+        core={"image": "x", "ports": {"audioSocket": 9092, "http": 8080}},
+        providers={"asr": {"image": "a"}, "llm": {"image": "l", "port": 7000}, "tts": {"image": "t"}},
+        networkPolicy={"enabled": True, "audioSocketFrom": [peer, selector]},
+    )
+    objs = manifests(body)
+    audio, http = objs["NetworkPolicy", "demo-core"]["spec"]["ingress"]
+    assert audio == {"from": [peer, selector], "ports": [{"protocol": "TCP", "port": 9092}]}
+    assert http == {"from": [CORE_PODS], "ports": [{"protocol": "TCP", "port": 8080}]}
+    for role, port in (("asr", 6010), ("llm", 7000), ("tts", 6012)):
+        ingress = objs["NetworkPolicy", f"demo-{role}"]["spec"]["ingress"]
+        assert ingress == [{"from": [CORE_PODS], "ports": [{"protocol": "TCP", "port": port}]}]
+    assert ("NetworkPolicy", "demo-sts") not in objs
+
+
+def test_an_empty_namespace_selector_stays_meaning_every_namespace(make_body: Make) -> None:
+    policy = {"enabled": True, "audioSocketFrom": [PBX], "httpFrom": [{"namespaceSelector": {}}]}
+    http = manifests(make_body(networkPolicy=policy))["NetworkPolicy", "demo-core"]["spec"]["ingress"][1]
+    assert http["from"][0] == {"namespaceSelector": {}}
+
+
+def test_pod_monitor_scrapes_the_core_pods(make_body: Make) -> None:
+    monitoring = {
+        "podMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom", "app.kubernetes.io/name": "x"}}
+    }
+    objs = manifests(make_body(monitoring=monitoring))
+    monitor = objs["PodMonitor", "demo-core"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    labels = monitor["metadata"]["labels"]
+    assert labels["release"] == "prom"
+    assert labels["app.kubernetes.io/name"] == "avr"  # the operator's labels win
+    assert labels["app.kubernetes.io/managed-by"] == "avr-operator"
+    assert monitor["spec"] == {
+        "selector": {"matchLabels": CORE_PODS["podSelector"]["matchLabels"]},
+        "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}],
+    }
+    assert [k for k in objs if k[0] == "PodMonitor"] == [("PodMonitor", "demo-core")]
+    # The port it names is the core container's.
+    ports = {p["name"] for p in container(objs, "demo-core")["ports"]}
+    assert "http" in ports

@@ -175,6 +175,10 @@ def test_cross_field_rules_are_present() -> None:
     assert "minAvailable" in by_path[".spec.availability"][0]
     assert len(by_path[".spec.service"]) == 2
     assert "self.audioSocket != self.http" in by_path[".spec.core.ports"]
+    assert by_path[".spec.networkPolicy"] == ["!self.enabled || size(self.audioSocketFrom) > 0"]
+    for peers in ("audioSocketFrom", "httpFrom"):
+        assert "has(self.ipBlock)" in by_path[f".spec.networkPolicy.{peers}[]"][0]
+    assert by_path[".spec.monitoring.podMonitor"] == ["duration(self.scrapeTimeout) <= duration(self.interval)"]
     assert any("metadata.name" in r for r in by_path[""])
     assert all(r.count("(") == r.count(")") for _p, _n, r in _rules())
 
