@@ -694,7 +694,8 @@ class NetworkPeer(ApiModel):
 
 
 def _peers_field(description: str) -> Any:
-    return Field(default_factory=tuple, max_length=50, description=description)
+    # The default is written into the CRD too: the CEL rule below reads the list even when it is left out.
+    return Field(default_factory=tuple, max_length=50, description=description, json_schema_extra={"default": []})
 
 
 class NetworkPolicySpec(ApiModel):

@@ -119,7 +119,10 @@ class LabelSelectorRequirement(ApiModel):
     key: LabelKey = Field(description="Label key.")
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(description="How the values apply.")
     values: tuple[LabelValue, ...] = Field(
-        default_factory=tuple, max_length=50, description="Values for In and NotIn; empty for Exists, DoesNotExist."
+        default_factory=tuple,
+        max_length=50,
+        description="Values for In and NotIn; empty for Exists, DoesNotExist.",
+        json_schema_extra={"default": []},  # read by the CEL rule even when left out
     )
 
     rules = (

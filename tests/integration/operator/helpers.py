@@ -133,6 +133,7 @@ CHILD_KINDS = (
     "Deployment",
     "PodDisruptionBudget",
     "HorizontalPodAutoscaler",
+    "NetworkPolicy",
 )
 
 
@@ -147,6 +148,7 @@ def _lister(api: client.ApiClient, kind: str) -> Any:
         "ServiceAccount": core.list_namespaced_service_account,
         "Role": client.RbacAuthorizationV1Api(api).list_namespaced_role,
         "RoleBinding": client.RbacAuthorizationV1Api(api).list_namespaced_role_binding,
+        "NetworkPolicy": client.NetworkingV1Api(api).list_namespaced_network_policy,
     }
     return listers[kind]
 

@@ -229,6 +229,53 @@ INVALID = [
     ),
     Invalid("unknown-drain-mode", at("spec.core.drain.mode", "forever"), "spec.core.drain.mode"),
     Invalid("source-rate-zero", at("spec.core.rateLimit.sourceRequests", 0), "spec.core.rateLimit.sourceRequests"),
+    Invalid("tracing-without-scheme", at("spec.core.tracing", {"endpoint": "otel:4318"}), "spec.core.tracing.endpoint"),
+    Invalid(
+        "tracing-grpc-scheme", at("spec.core.tracing", {"endpoint": "grpc://otel:4317"}), "spec.core.tracing.endpoint"
+    ),
+    Invalid(
+        "sampling-above-one",
+        at("spec.core.tracing", {"endpoint": "http://otel:4318", "samplingRatio": 1.5}),
+        "spec.core.tracing.samplingRatio",
+    ),
+    Invalid(
+        "sampling-negative",
+        at("spec.core.tracing", {"endpoint": "http://otel:4318", "samplingRatio": -0.5}),
+        "spec.core.tracing.samplingRatio",
+    ),
+    Invalid("token-without-key", at("spec.core.apiTokenSecretRef", {"name": "t"}), "spec.core.apiTokenSecretRef.key"),
+    Invalid("policy-without-peers", at("spec.networkPolicy.enabled", True), "spec.networkPolicy.audioSocketFrom"),
+    Invalid(
+        "peer-ip-and-pods",
+        at("spec.networkPolicy.httpFrom", [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]),
+        "spec.networkPolicy.httpFrom[0]",
+    ),
+    Invalid(
+        "peer-bad-cidr",
+        at("spec.networkPolicy.audioSocketFrom", [{"ipBlock": {"cidr": "10.0.0.1"}}]),
+        "spec.networkPolicy.audioSocketFrom[0].ipBlock.cidr",
+    ),
+    Invalid(
+        "selector-in-without-values",
+        at("spec.networkPolicy.httpFrom", [{"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}]),
+        "spec.networkPolicy.httpFrom[0].podSelector.matchExpressions[0].values",
+    ),
+    Invalid(
+        "selector-exists-with-values",
+        at(
+            "spec.networkPolicy.httpFrom",
+            [{"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}}],
+        ),
+        "spec.networkPolicy.httpFrom[0].namespaceSelector.matchExpressions[0].values",
+    ),
+    Invalid(
+        "scrape-timeout-above-interval",
+        at("spec.monitoring.podMonitor", {"interval": "10s", "scrapeTimeout": "1m"}),
+        "spec.monitoring.podMonitor.scrapeTimeout",
+    ),
+    Invalid(
+        "bad-scrape-interval", at("spec.monitoring.podMonitor.interval", "often"), "spec.monitoring.podMonitor.interval"
+    ),
     # unknown fields, refused with fieldValidation=Strict (by default they are pruned)
     Invalid("unknown-field", at("spec.core.colour", "blue"), "spec.core.colour", strict=True),
     Invalid("unknown-nested-field", at("spec.core.audio.volume", 11), "spec.core.audio.volume", strict=True),
