@@ -165,17 +165,21 @@ class Call:
         waiting: set[asyncio.Future[Any]] = {start, self._ended}
         with metrics.queued():
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        # The attempt's outcome is read, never raised here: raised in this frame, the exception's traceback (kept
+        # by the task) would hold this frame and so the call, in a cycle only the collector could free.
         if not start.done():
             start.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ProviderUnavailable):
-                await start
+            await asyncio.wait({start})
+            if not start.cancelled():
+                start.exception()  # retrieved: the caller left, whatever the attempt came to
             return None
-        try:
-            start.result()
-        except ProviderUnavailable as exc:
-            log.warning("call %s: %s", self.uuid, exc, extra={"uuid": self.uuid})
-            metrics.PROVIDER_ERRORS.labels(exc.provider, "unavailable").inc()
+        failure = start.exception()
+        if isinstance(failure, ProviderUnavailable):
+            log.warning("call %s: %s", self.uuid, failure, extra={"uuid": self.uuid})
+            metrics.PROVIDER_ERRORS.labels(failure.provider, "unavailable").inc()
             return "provider_unavailable"
+        if failure is not None:
+            raise failure
         return None
 
     async def _find_info(self) -> None:

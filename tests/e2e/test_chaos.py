@@ -209,6 +209,16 @@ async def test_each_bad_caller_s_call_ends_and_is_freed(
     assert (w.metric("avr_active_calls"), w.metric("avr_call_objects")) == (0, 0)
 
 
+async def test_calls_whose_provider_is_down_end_and_are_freed(worker: WorkerFactory, speech: bytes) -> None:
+    w = worker(sts_url=f"ws://127.0.0.1:{free_port()}", max_retries=0, connection_timeout=500)
+    for _ in range(3):
+        result = await place_call("127.0.0.1", w.ports["audiosocket"], speech[: 320 * 25], time_limit=20)
+        assert result.hangup
+    await asyncio.sleep(0.3)
+    assert w.metric("avr_calls_ended_total", {"reason": "provider_unavailable"}) == 3
+    assert (w.metric("avr_active_calls"), w.metric("avr_call_objects")) == (0, 0)
+
+
 async def test_calls_whose_provider_breaks_the_protocol_end_and_are_freed(worker: WorkerFactory, speech: bytes) -> None:
     async with hostile_provider() as port:
         w = worker(sts_url=f"ws://127.0.0.1:{port}")
