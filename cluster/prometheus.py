@@ -12,6 +12,9 @@ on loopback for the tests that need it (opt-in, it costs two processes and a few
 - While it runs, the custom metrics APIServices point at prometheus-adapter instead of the test adapter;
   on exit they are pointed back and waited for, so the tests after it (and namespace deletion, which needs
   every aggregated API to answer discovery) find the cluster as it was.
+
+`PrometheusServer` is the first part alone, without a cluster: Prometheus scraping processes under pod labels and
+evaluating rule files, for tests of the chart's dashboard queries and alerting rules.
 """
 
 from __future__ import annotations
@@ -62,6 +65,120 @@ def adapter_binary(bin_dir: Path) -> Path:
     if not os.access(path, os.X_OK):
         raise MissingBinariesError(f"{bin_dir} lacks {PROMETHEUS_ADAPTER}; run {BUILD_SCRIPT}")
     return path
+
+
+class PrometheusServer:
+    """Prometheus alone (no adapter, no cluster): scrapes `Target`s every second, optionally evaluating rule files
+    every second too, as a context manager. For tests of queries and rules against real workers' /metrics."""
+
+    def __init__(self, rule_files: Sequence[Path] = (), *, timeout: float = 60.0) -> None:
+        self.rule_files = list(rule_files)
+        self.timeout = timeout
+        self.binary = prometheus_binary()
+        self.port = free_port()
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._supervisor: Supervisor | None = None
+
+    @property
+    def work_dir(self) -> Path:
+        if self._dir is None:
+            raise RuntimeError("not started")
+        return Path(self._dir.name)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def set_targets(self, targets: Sequence[Target]) -> None:
+        """Replace the scraped targets (see PrometheusMetrics.set_targets)."""
+        _write_targets(self.work_dir / "targets.json", targets)
+
+    def api(self, path: str, **params: str) -> Any:
+        """The `data` of a GET on Prometheus' HTTP API, e.g. api("query", query="up")."""
+        url = f"{self.url}/api/v1/{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.load(response)
+        if body.get("status") != "success":
+            raise RuntimeError(f"{path} {params}: {body}")
+        return body["data"]
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """An instant query's result (a vector's samples, or [] when nothing matched)."""
+        data = self.api("query", query=promql)
+        result: list[dict[str, Any]] = data["result"] if data["resultType"] in ("vector", "matrix") else [data]
+        return result
+
+    def logs(self) -> str:
+        if self._dir is None:
+            return ""
+        return "\n".join(f"--- {log.name} ---\n{excerpt(log)}" for log in sorted(self.work_dir.glob("*.log")))
+
+    def __enter__(self) -> Self:
+        self._dir = tempfile.TemporaryDirectory(
+            prefix="avr-prometheus-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None
+        )
+        self._supervisor = Supervisor(self.work_dir)
+        try:
+            self.set_targets([])
+            config = self.work_dir / "prometheus.yml"
+            config.write_text(
+                json.dumps(
+                    {
+                        "global": {
+                            "scrape_interval": SCRAPE_INTERVAL,
+                            "scrape_timeout": SCRAPE_INTERVAL,
+                            "evaluation_interval": SCRAPE_INTERVAL,
+                        },
+                        "rule_files": [str(path) for path in self.rule_files],
+                        "scrape_configs": [
+                            {
+                                "job_name": "avr-workers",
+                                "file_sd_configs": [
+                                    {"files": [str(self.work_dir / "targets.json")], "refresh_interval": "1s"}
+                                ],
+                            }
+                        ],
+                    }
+                )
+            )
+            self._supervisor.start(
+                "prometheus",
+                [
+                    self.binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={self.work_dir / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--storage.tsdb.retention.time=1h",
+                    "--log.level=warn",
+                ],
+            )
+            supervisor = self._supervisor
+            wait_for("Prometheus /-/ready", lambda: _http_ok(f"{self.url}/-/ready", supervisor), self.timeout)
+        except BaseException as error:
+            report = self.logs()
+            self.__exit__()
+            if isinstance(error, Exception):
+                raise RuntimeError(f"Prometheus did not start: {error}\n{report}") from error
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._supervisor is not None:
+            self._supervisor.stop_all()
+            self._supervisor = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+
+def _write_targets(path: Path, targets: Sequence[Target]) -> None:
+    groups = [
+        {"targets": [t.address], "labels": {"namespace": t.namespace, "pod": t.pod}}
+        for t in sorted(targets, key=lambda t: t.pod)
+    ]
+    staged = path.with_suffix(".tmp")
+    staged.write_text(json.dumps(groups))
+    staged.replace(path)  # atomic: Prometheus never reads half a file
 
 
 class PrometheusMetrics:
