@@ -155,6 +155,15 @@ FRAMES_OUT: Final = Counter("avr_frames_out_total", "Outbound frames sent to cal
 INTERRUPTIONS: Final = Counter("avr_interruptions_total", "Barge-ins: queued agent audio discarded.", ["source"])
 WEBHOOKS: Final = Counter("avr_webhook_deliveries_total", "Webhook deliveries, by outcome.", ["outcome"])
 
+# Children of the usual label values exist from the start, at 0: a rate() over a series that appears only at its
+# first increment never counts that increment (dashboards and alerts would miss a pod's first refusal).
+for _reason in ("at_capacity", "rate_limited", "draining"):
+    CALLS_REFUSED.labels(_reason)
+for _reason in ("hangup", "disconnected", "provider_closed", "provider_failed", "provider_unavailable"):
+    CALLS_ENDED.labels(_reason)
+for _scope in ("http", "call", "caller"):
+    RATE_LIMITED.labels(_scope)
+
 FRAMES_OUT_AUDIO: Final = FRAMES_OUT.labels("audio")
 FRAMES_OUT_SILENCE: Final = FRAMES_OUT.labels("silence")
 DROPPED_OVERFLOW: Final = FRAMES_DROPPED.labels("overflow")
