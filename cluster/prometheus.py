@@ -90,7 +90,7 @@ class PrometheusServer:
         return f"http://127.0.0.1:{self.port}"
 
     def set_targets(self, targets: Sequence[Target]) -> None:
-        """Replace the scraped targets (see PrometheusMetrics.set_targets)."""
+        """Replace the scraped targets; Prometheus notices the file within a second (inotify, or a re-read)."""
         _write_targets(self.work_dir / "targets.json", targets)
 
     def api(self, path: str, **params: str) -> Any:
@@ -182,116 +182,59 @@ def _write_targets(path: Path, targets: Sequence[Target]) -> None:
 
 
 class PrometheusMetrics:
-    """Prometheus + prometheus-adapter serving the custom metrics API of `cluster`, as a context manager."""
+    """Prometheus (a `PrometheusServer`) + prometheus-adapter serving the custom metrics API of `cluster`, as a
+    context manager."""
 
     def __init__(self, cluster: DevCluster, rules: Path, *, timeout: float = 60.0) -> None:
         self.cluster = cluster
         self.rules = rules
         self.timeout = timeout
-        self.prometheus_bin = prometheus_binary()
+        self.prometheus = PrometheusServer(timeout=timeout)
         self.adapter_bin = adapter_binary(cluster.bin_dir)
-        self.prometheus_port = free_port()
         self.adapter_port = free_port()
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._supervisor: Supervisor | None = None
         self._swapped = False
-
-    @property
-    def work_dir(self) -> Path:
-        if self._dir is None:
-            raise RuntimeError("not started")
-        return Path(self._dir.name)
-
-    @property
-    def prometheus_url(self) -> str:
-        return f"http://127.0.0.1:{self.prometheus_port}"
 
     # -- what tests use ---
 
     def set_targets(self, targets: Sequence[Target]) -> None:
         """Replace the scraped targets; Prometheus notices the file within a second (inotify, or a re-read)."""
-        groups = [
-            {"targets": [t.address], "labels": {"namespace": t.namespace, "pod": t.pod}}
-            for t in sorted(targets, key=lambda t: t.pod)
-        ]
-        path = self.work_dir / "targets.json"
-        staged = path.with_suffix(".tmp")
-        staged.write_text(json.dumps(groups))
-        staged.replace(path)  # atomic: Prometheus never reads half a file
+        self.prometheus.set_targets(targets)
 
     def query(self, promql: str) -> list[dict[str, Any]]:
-        """An instant query's result vector."""
-        url = f"{self.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        with urllib.request.urlopen(url, timeout=5) as response:
-            body = json.load(response)
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
+        return self.prometheus.query(promql)
 
     def logs(self) -> str:
-        """The end of both processes' logs, for a failure message."""
-        if self._dir is None:
-            return ""
-        return "\n".join(f"--- {log.name} ---\n{excerpt(log)}" for log in sorted(self.work_dir.glob("*.log")))
+        """The end of both processes' logs (they share the work folder), for a failure message."""
+        return self.prometheus.logs()
 
     # -- lifecycle ---
 
     def __enter__(self) -> Self:
-        self._dir = tempfile.TemporaryDirectory(
-            prefix="avr-prometheus-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None
-        )
-        self._supervisor = Supervisor(self.work_dir)
+        self.prometheus.__enter__()
+        self._supervisor = Supervisor(self.prometheus.work_dir)
         try:
             self._start(self._supervisor)
         except BaseException as error:
             report = self.logs()
             self.__exit__()
             if isinstance(error, Exception):
-                raise RuntimeError(f"Prometheus or prometheus-adapter did not start: {error}\n{report}") from error
+                raise RuntimeError(f"prometheus-adapter did not start: {error}\n{report}") from error
             raise
         return self
 
     def _start(self, supervisor: Supervisor) -> None:
-        self.set_targets([])
-        config = self.work_dir / "prometheus.yml"
-        config.write_text(
-            json.dumps(  # JSON is YAML
-                {
-                    "global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL},
-                    "scrape_configs": [
-                        {
-                            "job_name": "avr-workers",
-                            "file_sd_configs": [
-                                {"files": [str(self.work_dir / "targets.json")], "refresh_interval": "1s"}
-                            ],
-                        }
-                    ],
-                }
-            )
-        )
-        supervisor.start(
-            "prometheus",
-            [
-                self.prometheus_bin,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={self.work_dir / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{self.prometheus_port}",
-                "--storage.tsdb.retention.time=1h",
-                "--log.level=warn",
-            ],
-        )
-        wait_for("Prometheus /-/ready", lambda: _http_ok(f"{self.prometheus_url}/-/ready", supervisor), self.timeout)
-
         admin = self.cluster.kubeconfig
         supervisor.start(
             "prometheus-adapter",
             [
                 str(self.adapter_bin),
-                f"--prometheus-url={self.prometheus_url}/",
+                f"--prometheus-url={self.prometheus.url}/",
                 f"--config={self.rules}",
                 f"--metrics-relist-interval={RELIST_INTERVAL}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={self.adapter_port}",
-                f"--cert-dir={self.work_dir / 'adapter-certs'}",
+                f"--cert-dir={self.prometheus.work_dir / 'adapter-certs'}",
                 f"--lister-kubeconfig={admin}",
                 f"--authentication-kubeconfig={admin}",
                 f"--authorization-kubeconfig={admin}",
@@ -333,9 +276,7 @@ class PrometheusMetrics:
             if self._supervisor is not None:
                 self._supervisor.stop_all()
                 self._supervisor = None
-            if self._dir is not None:
-                self._dir.cleanup()
-                self._dir = None
+            self.prometheus.__exit__()
 
 
 def _point_apiservices(api: ApiClient, port: int, service: str) -> None:
