@@ -17,9 +17,12 @@ import orjson
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from avr_runtime.audio.opus import OpusFrameError
+from avr_runtime.config import Codec, Settings
 from avr_runtime.protocol import audiosocket as asock
 from avr_runtime.protocol import chain, sts
 from avr_runtime.protocol import websocket as ws
+from avr_runtime.server.stream import StreamCodec
 
 settings.register_profile("ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("fuzz", max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -216,3 +219,21 @@ def test_llm_json_chunks_are_the_same_however_the_stream_is_split(values: list[o
     points = sorted({c % (len(stream) + 1) for c in cuts})
     edges = [0, *points, len(stream)]
     assert run([stream[a:b] for a, b in itertools.pairwise(edges)]) == run([stream])
+
+
+# --- the stream leg's client audio ---
+
+
+@given(st.sampled_from(["opus", "pcm16", "ulaw", "alaw"]), st.integers(1, 2), st.binary(max_size=1500))
+@example("opus", 1, b"\x03")  # a packet libopus refuses
+@example("opus", 1, b"\xfc\xff\xfe")  # a code-3 packet announcing more frames than it holds
+@example("pcm16", 2, b"\x00\x01\x02")  # not whole stereo samples
+def test_stream_client_audio_decodes_or_is_refused_by_name(codec: str, channels: int, packet: bytes) -> None:
+    """What a /stream client sends as audio: 8 kHz mono PCM of whole samples, or the error that ends that call."""
+    stream_codec = StreamCodec(Codec(codec), Settings(audio_channels=channels))
+    try:
+        pcm = stream_codec.decode(packet)
+    except (OpusFrameError, ValueError):
+        return
+    assert len(pcm) % 2 == 0
+    assert len(pcm) <= 2 * 8000 * 120 // 1000 or codec != "opus", "Opus gives at most 120 ms"
