@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from procs import ProviderFactory, WorkerFactory, free_port, http_json, paced_whole, sts_url
+from webhook import receiver
 
 from avr_runtime.client.audiosocket import place_call
 from avr_runtime.protocol import audiosocket as wire
@@ -69,16 +70,8 @@ async def router(hostile_url: str) -> AsyncIterator[int]:
             return web.json_response({"sts_url": hostile_url})
         return web.json_response({})
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with receiver(hook) as port:
         yield port
-    finally:
-        await runner.cleanup()
 
 
 async def raw(port: int, data: bytes, *, read: bool = True, close: bool = True) -> None:

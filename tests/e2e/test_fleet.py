@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from front import round_robin
 from procs import Proc, ProviderFactory, WorkerFactory, free_port, http_json, sts_url
+from webhook import receiver
 
 from avr_runtime.client.audiosocket import place_call
 from avr_runtime.protocol import audiosocket as wire
@@ -55,14 +56,8 @@ async def router() -> AsyncIterator[tuple[int, list[dict[str, object]], list[str
             return web.json_response({"sts_url": target[0]})
         return web.json_response({})
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield port, events, target
-    await runner.cleanup()
+    async with receiver(hook) as port:
+        yield port, events, target
 
 
 async def test_the_call_initiated_webhook_can_route_the_call_to_another_provider(
