@@ -9,10 +9,10 @@ import statistics
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from procs import Proc, ProviderFactory, WorkerFactory, free_port, http_json, paced_whole, sts_url
+from vectors import VECTORS, split_frames
 
 from avr_runtime.audio import g711
 from avr_runtime.client.audiosocket import CallResult, place_call
@@ -165,19 +165,6 @@ async def test_truncated_frame_at_close_is_logged(worker: WorkerFactory) -> None
     await asyncio.sleep(0.3)
     assert w.metric("avr_protocol_errors_total", {"leg": "audiosocket", "reason": "truncated"}) == 1
     assert w.metric("avr_active_calls") == 0
-
-
-VECTORS = Path(__file__).parent.parent / "vectors" / "asterisk"
-
-
-def split_frames(stream: bytes) -> list[bytes]:
-    """A recorded AudioSocket stream, message by message (header included)."""
-    out, pos = [], 0
-    while pos < len(stream):
-        stop = pos + 3 + (stream[pos + 1] << 8 | stream[pos + 2])
-        out.append(stream[pos:stop])
-        pos = stop
-    return out
 
 
 @dataclass

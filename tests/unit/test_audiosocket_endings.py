@@ -8,18 +8,16 @@ slin, whatever the channel's codec. The byte streams in tests/vectors/asterisk/ 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
+from vectors import VECTORS, split_frames
 
 from avr_runtime.config import Settings
 from avr_runtime.protocol import audiosocket as wire
 from avr_runtime.protocol import websocket as ws
 from avr_runtime.server.audiosocket import AudioSocketConnection, end_code
 from avr_runtime.server.context import WorkerContext
-
-VECTORS = Path(__file__).parent.parent / "vectors" / "asterisk"
 
 
 @pytest.mark.parametrize(
@@ -86,15 +84,6 @@ class Transport:
 
     def pause_reading(self) -> None:
         pass
-
-
-def split_frames(stream: bytes) -> list[bytes]:
-    out, pos = [], 0
-    while pos < len(stream):
-        stop = pos + 3 + (stream[pos + 1] << 8 | stream[pos + 2])
-        out.append(stream[pos:stop])
-        pos = stop
-    return out
 
 
 @pytest.mark.parametrize(("name", "law"), [("dial-ulaw", "ulaw"), ("dial-alaw", "alaw")])

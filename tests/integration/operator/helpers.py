@@ -122,6 +122,23 @@ def wait_ready(api: client.ApiClient, namespace: str, name: str, timeout: float 
     return dict(found)
 
 
+def wait_missing_api(api: client.ApiClient, namespace: str, name: str, log: str = "", timeout: float = 60) -> Obj:
+    """The AVRDeployment once Degraded with reason MissingAPI (an optional API it needs is not served)."""
+    last: Obj = {}
+
+    def degraded() -> Obj | None:
+        obj = last["obj"] = get(api, namespace, name)
+        found = condition(obj, "Degraded")
+        return obj if found.get("reason") == "MissingAPI" and found.get("status") == "True" else None
+
+    try:
+        found = eventually(degraded, timeout=timeout, what="Degraded MissingAPI")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}: {last.get('obj', {}).get('status')}\n{log}") from None
+    assert found is not None
+    return dict(found)
+
+
 # --- children -------------------------------------------------------------------------------------------
 
 CHILD_KINDS = (

@@ -21,9 +21,9 @@ from tests.integration.operator.helpers import (
     children,
     condition,
     create,
-    get,
     minimal,
     patch,
+    wait_missing_api,
     wait_ready,
 )
 
@@ -177,18 +177,7 @@ def test_pod_monitor_waits_for_its_api_then_is_created(operated: OperatorEnv, no
     ext = no_pod_monitor_crd
     monitoring = {"podMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}}}
     create(api, ns, minimal("scraped", monitoring=monitoring))
-    last: Obj = {}
-
-    def degraded() -> Obj | None:
-        obj = last["obj"] = get(api, ns, "scraped")
-        found = condition(obj, "Degraded")
-        return obj if found.get("reason") == "MissingAPI" and found.get("status") == "True" else None
-
-    try:
-        obj = eventually(degraded, timeout=60, what="Degraded MissingAPI")
-    except TimeoutError as exc:
-        raise AssertionError(f"{exc}: {last.get('obj', {}).get('status')}\n{operated.operator.log()}") from None
-    assert obj is not None
+    obj = wait_missing_api(api, ns, "scraped", operated.operator.log())
     assert "monitoring.coreos.com/v1 PodMonitor" in condition(obj, "Degraded")["message"]
     assert children(api, ns, "scraped") == []
     assert operated.operator.popen is not None and operated.operator.popen.poll() is None

@@ -21,10 +21,10 @@ from tests.integration.operator.helpers import (
     condition,
     create,
     example,
-    get,
     minimal,
     patch,
     pod_names,
+    wait_missing_api,
     wait_ready,
 )
 
@@ -145,18 +145,7 @@ def test_keda_engine_without_keda_reports_degraded_and_writes_nothing(operated: 
     keda = {"enabled": True, "engine": "keda", "keda": {"serverAddress": "http://prometheus:9090"}}
     create(api, ns, minimal("keda", autoscaling=keda))
 
-    last: Obj = {}
-
-    def degraded() -> Obj | None:
-        obj = last["obj"] = get(api, ns, "keda")
-        found = condition(obj, "Degraded")
-        return obj if found.get("reason") == "MissingAPI" and found.get("status") == "True" else None
-
-    try:
-        obj = eventually(degraded, timeout=60, what="Degraded MissingAPI")
-    except TimeoutError as exc:
-        raise AssertionError(f"{exc}: {last.get('obj', {}).get('status')}\n{env.operator.log()}") from None
-    assert obj is not None
+    obj = wait_missing_api(api, ns, "keda", env.operator.log())
     assert "keda.sh/v1alpha1 ScaledObject" in condition(obj, "Degraded")["message"]
     assert children(api, ns, "keda") == []
     # Still running and re-checking, not crashing.
