@@ -1,28 +1,45 @@
-# syntax=docker/dockerfile:1
 # Images of avr-k8s, one per target:
 #   docker build --target runtime  -t ghcr.io/agentvoiceresponse/avr-k8s-runtime:0.1.0 .
 #   docker build --target operator -t ghcr.io/agentvoiceresponse/avr-k8s-operator:0.1.0 .
-# Both run as the unprivileged user 10001 and need nothing writable but /tmp.
+# Both run as the unprivileged user 10001 and need nothing writable but /tmp. Each holds only its own side:
+# the runtime image has no Kubernetes client, the operator image no audio stack, and neither the dev cluster.
+# PYTHON_IMAGE is any Debian bookworm image with Python 3.11 as `python` (the tests build one with debootstrap).
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
-# --- build: the wheel, then the wheel and its dependencies in a virtual environment --------------------
+# --- build: a wheel of one side, installed with its extra into a virtual environment ---------------------
 FROM ${PYTHON_IMAGE} AS build
+# PYTHONSAFEPATH: the sources' operator/ folder, in the working directory, must not shadow the stdlib module.
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONSAFEPATH=1
 WORKDIR /src
-# a C compiler for the compiled data planes (runtime/server/_relay.c, runtime/reference/_echo.c); only this stage has it
-RUN apt-get update \
-    && apt-get install --yes --no-install-recommends gcc libc6-dev \
-    && rm -rf /var/lib/apt/lists/*
+# A C compiler for the compiled data planes (runtime/server/_relay.c, runtime/reference/_echo.c), and Python's
+# headers where the base image lacks them (Debian's python3); only this stage has them.
+RUN headers=$(python -c "import sysconfig; print(sysconfig.get_paths()['include'])") \
+    && extra=$([ -f "$headers/Python.h" ] || echo python3-dev) \
+    && apt-get update \
+    && apt-get install --yes --no-install-recommends gcc libc6-dev $extra \
+    && rm -rf /var/lib/apt/lists/* \
+    && python -m venv /opt/build
 COPY pyproject.toml setup.py README.md ./
 COPY runtime/ runtime/
 COPY operator/ operator/
-COPY cluster/ cluster/
-RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
-    && /opt/venv/bin/pip install /wheels/*.whl \
+
+# setup.py's AVR_PACKAGES: a wheel of that package only (pip builds it with pyproject.toml's build requirements). The venv is made where the final image keeps it,
+# since its scripts name their interpreter by absolute path.
+FROM build AS build-runtime
+RUN AVR_PACKAGES=avr_runtime /opt/build/bin/pip wheel --no-deps --wheel-dir /wheels . \
+    && python -m venv /opt/venv \
+    && /opt/venv/bin/pip install "$(ls /wheels/*.whl)[runtime]" \
+    && /opt/venv/bin/python -c "import avr_runtime.server._relay, avr_runtime.reference._echo" \
+    && /opt/venv/bin/pip uninstall --yes pip setuptools wheel
+
+FROM build AS build-operator
+RUN AVR_PACKAGES=avr_operator /opt/build/bin/pip wheel --no-deps --wheel-dir /wheels . \
+    && python -m venv /opt/venv \
+    && /opt/venv/bin/pip install "$(ls /wheels/*.whl)[operator]" \
     && /opt/venv/bin/pip uninstall --yes pip setuptools wheel
 
 # --- base: the interpreter and the virtual environment, nothing to build with ---------------------------
@@ -32,15 +49,16 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONSAFEPATH=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-RUN python -m pip uninstall --yes --no-cache-dir pip setuptools wheel \
+# pip is not needed at run time (the official Python images ship it; Debian's python3 does not)
+RUN { ! python -m pip --version >/dev/null 2>&1 || python -m pip uninstall --yes --no-cache-dir pip setuptools wheel; } \
     && groupadd --system --gid 10001 avr \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin avr
-COPY --from=build /opt/venv /opt/venv
 WORKDIR /tmp
 
 # --- operator: `avr-operator run` (liveness on 8080, metrics on 9090) -----------------------------------
 FROM base AS operator
+COPY --from=build-operator /opt/venv /opt/venv
 USER 10001:10001
 EXPOSE 8080 9090
 ENTRYPOINT ["avr-operator"]
@@ -48,6 +66,7 @@ CMD ["run"]
 
 # --- runtime: the worker, `avr-runtime serve` (AudioSocket on 5001, HTTP on 3000) -----------------------
 FROM base AS runtime
+COPY --from=build-runtime /opt/venv /opt/venv
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends libopus0 \
     && apt-get clean \

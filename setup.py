@@ -2,9 +2,28 @@
 (runtime/reference/_echo.c). Both optional: without a C compiler the package installs without them, the worker
 relays every call in Python (FAST_PATH has no effect) and the echo provider echoes in Python."""
 
+import os
 import sys
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
+
+# Import name -> (folder, command). The folders are not named after their packages: a top-level `operator`
+# package would shadow the standard library's module.
+PACKAGES = {
+    "avr_runtime": ("runtime", "avr-runtime"),
+    "avr_operator": ("operator", "avr-operator"),
+    "avr_devcluster": ("cluster", "avr-devcluster"),
+}
+# Each image builds a wheel of its own side only (AVR_PACKAGES=avr_runtime); by default, all three.
+selected = [p for p in os.environ.get("AVR_PACKAGES", ",".join(PACKAGES)).split(",") if p]
+unknown = set(selected) - set(PACKAGES)
+if unknown:
+    sys.exit(f"AVR_PACKAGES: unknown package(s) {sorted(unknown)}; choose from {sorted(PACKAGES)}")
+package_dir = {name: PACKAGES[name][0] for name in selected}
+packages = [
+    found for name in selected for found in (name, *(f"{name}.{sub}" for sub in find_packages(PACKAGES[name][0])))
+]
+scripts = [f"{PACKAGES[name][1]} = {name}.cli:main" for name in selected]
 
 ext_modules = []
 if sys.platform == "linux":  # epoll and timerfd
@@ -22,5 +41,12 @@ if sys.platform == "linux":  # epoll and timerfd
             ("avr_runtime.reference._echo", "runtime/reference/_echo.c"),
         )
     ]
+if "avr_runtime" not in selected:
+    ext_modules = []
 
-setup(ext_modules=ext_modules)
+setup(
+    packages=packages,
+    package_dir=package_dir,
+    entry_points={"console_scripts": scripts},
+    ext_modules=ext_modules,
+)

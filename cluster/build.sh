@@ -2,10 +2,11 @@
 # Builds the binaries of the local test control plane from the Go module proxy, or reuses them.
 #
 # There are no release downloads or container images on our machines, so everything is compiled from source:
-# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd and our custom-metrics test adapter
-# through the wrapper module in gomod/ (kubernetes' own go.mod points its staging modules at local folders), and
-# kwok and helm with `go install module@version`, and prometheus-adapter through its own wrapper module in
-# prometheus-adapter/ (the proxy refuses the lookups `go install` would make). The result is cached in a directory keyed by every pinned
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy, etcd and our
+# custom-metrics test adapter through the wrapper module in gomod/ (kubernetes' own go.mod points its staging
+# modules at local folders), kwok and helm with `go install module@version`, prometheus-adapter through its own
+# wrapper module in prometheus-adapter/ (the proxy refuses the lookups `go install` would make), and what real
+# nodes need beside the kubelet (CoreDNS and the CNI plugins) through nodes/. The result is cached in a directory keyed by every pinned
 # version, so a warm run only checks a stamp file and never starts the Go toolchain.
 #
 # Progress goes to stderr; the last line on stdout is the directory holding the binaries.
@@ -26,10 +27,12 @@ ADAPTER_VERSION=v1.35.0
 PROM_ADAPTER_VERSION=v0.12.0 # keep in step with prometheus-adapter/go.mod; the newest release on the proxy
 RECIPE=1 # bump when the flags below change, to invalidate caches built with the old ones
 
-binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd metrics-adapter kwok helm prometheus-adapter)
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd metrics-adapter kwok helm prometheus-adapter
+    kubelet kube-proxy coredns cni/bridge cni/host-local cni/loopback cni/portmap)
 
 mod_hash=$(cat "$here/gomod/go.mod" "$here/gomod/go.sum" "$here/prometheus-adapter/go.mod" \
-    "$here/prometheus-adapter/go.sum" | sha256sum | cut -c1-12)
+    "$here/prometheus-adapter/go.sum" "$here/nodes/go.mod" "$here/nodes/go.sum" "$here/nodes/dns.go" \
+    | sha256sum | cut -c1-12)
 key="k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_cma-${ADAPTER_VERSION}"
 key+="_pa-${PROM_ADAPTER_VERSION}_r${RECIPE}-${mod_hash}"
 cache=${AVR_CLUSTER_CACHE:-$HOME/.cache/avr-cluster}
@@ -75,13 +78,15 @@ done
 export CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
 (
     cd "$here/gomod"
-    log "kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, metrics-adapter"
+    log "kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy, etcd, metrics-adapter"
     # One invocation, so the packages the commands share (k8s.io/apiserver above all) are compiled once.
     go build -trimpath -ldflags "$kube_ldflags" -o "$work/bin/" \
         k8s.io/kubernetes/cmd/kube-apiserver \
         k8s.io/kubernetes/cmd/kube-controller-manager \
         k8s.io/kubernetes/cmd/kube-scheduler \
         k8s.io/kubernetes/cmd/kubectl \
+        k8s.io/kubernetes/cmd/kubelet \
+        k8s.io/kubernetes/cmd/kube-proxy \
         go.etcd.io/etcd/server/v3 \
         ./metrics-adapter
     mv "$work/bin/server" "$work/bin/etcd" # go names it after the package path
@@ -103,6 +108,18 @@ install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "-s -w -X $helm_version.version
     cd "$here/prometheus-adapter"
     log "prometheus-adapter $PROM_ADAPTER_VERSION"
     go build -trimpath -ldflags "-s -w" -o "$work/bin/prometheus-adapter" sigs.k8s.io/prometheus-adapter/cmd/adapter
+)
+
+(
+    cd "$here/nodes"
+    log "coredns and the CNI plugins, for real nodes"
+    go build -trimpath -ldflags "-s -w" -o "$work/bin/coredns" .
+    mkdir "$work/bin/cni"
+    go build -trimpath -ldflags "-s -w" -o "$work/bin/cni/" \
+        github.com/containernetworking/plugins/plugins/main/bridge \
+        github.com/containernetworking/plugins/plugins/ipam/host-local \
+        github.com/containernetworking/plugins/plugins/main/loopback \
+        github.com/containernetworking/plugins/plugins/meta/portmap
 )
 
 echo "$key" >"$work/stamp"

@@ -162,7 +162,7 @@ APISERVER_HOSTS = (
 )
 
 
-def generate(directory: Path, *, service_ip: str) -> Pki:
+def generate(directory: Path, *, service_ip: str, extra_hosts: Sequence[str] = ()) -> Pki:
     """Write a fresh PKI into `directory` (private keys mode 0600)."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki.at(directory)
@@ -180,7 +180,7 @@ def generate(directory: Path, *, service_ip: str) -> Pki:
     front_proxy = Authority("avr-devcluster-front-proxy-ca")
     write(pki.ca, ca.cert_pem)
     write(pki.front_proxy_ca, front_proxy.cert_pem)
-    pair(pki.apiserver, ca.issue("kube-apiserver", hosts=(*APISERVER_HOSTS, service_ip), server=True))
+    pair(pki.apiserver, ca.issue("kube-apiserver", hosts=(*APISERVER_HOSTS, service_ip, *extra_hosts), server=True))
     pair(pki.front_proxy_client, front_proxy.issue("front-proxy-client"))
     pair(pki.admin, ca.issue("avr-devcluster-admin", organizations=("system:masters",)))
     pair(pki.controller_manager, ca.issue("system:kube-controller-manager"))

@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Self
 
-from . import audit, binaries, certs, components, kubeconfig, metrics_adapter, rundir
+from . import audit, binaries, certs, components, kubeconfig, metrics_adapter, node, rundir
 from .api import ApiClient
 from .processes import ComponentExitedError, Supervisor, excerpt, free_port, wait_for
 
@@ -39,10 +39,24 @@ class StartupError(RuntimeError):
 
 
 class DevCluster:
-    def __init__(self, bin_dir: Path | str | None = None, *, nodes: int = 3, timeout: float = 120.0) -> None:
+    """The control plane, with `nodes` kwok nodes, or (real_node=True) one real node and no kwok node."""
+
+    def __init__(
+        self,
+        bin_dir: Path | str | None = None,
+        *,
+        nodes: int = 3,
+        timeout: float = 120.0,
+        real_node: bool = False,
+        images: Path | None = None,
+    ) -> None:
         self.bin_dir = binaries.locate(bin_dir)
-        self.node_count = nodes
+        self.node_count = 0 if real_node else nodes
         self.timeout = timeout
+        self.real_node = real_node
+        self.images = images
+        self.node: node.RealNode | None = None
+        self._network: node.NodeNetwork | None = None
         self.run_dir: Path | None = None
         self._layout: components.Layout | None = None
         self._supervisor: Supervisor | None = None
@@ -55,7 +69,7 @@ class DevCluster:
         cluster = cls(state["bin_dir"], nodes=state["nodes"])
         pki = certs.Pki.at(run_dir / "pki")
         ports = components.Ports(**state["ports"])
-        cluster._layout = components.Layout(cluster.bin_dir, run_dir, pki, ports)
+        cluster._layout = components.Layout(cluster.bin_dir, run_dir, pki, ports, state.get("host", "127.0.0.1"))
         return cluster
 
     # -- what tests use ---
@@ -127,9 +141,19 @@ class DevCluster:
         while len(picked) < len(dataclasses.fields(components.Ports)):
             picked.add(free_port())
         ports = components.Ports(*picked)
-        pki = certs.generate(run_dir / "pki", service_ip=components.SERVICE_IP)
-        layout = self._layout = components.Layout(self.bin_dir, run_dir, pki, ports)
-        state = {"bin_dir": str(self.bin_dir), "nodes": self.node_count, "ports": dataclasses.asdict(ports)}
+        host = "127.0.0.1"
+        if self.real_node:
+            self._network = node.NodeNetwork.create()
+            host = self._network.gateway
+        extra_hosts = (host,) if self.real_node else ()
+        pki = certs.generate(run_dir / "pki", service_ip=components.SERVICE_IP, extra_hosts=extra_hosts)
+        layout = self._layout = components.Layout(self.bin_dir, run_dir, pki, ports, host)
+        state = {
+            "bin_dir": str(self.bin_dir),
+            "nodes": self.node_count,
+            "ports": dataclasses.asdict(ports),
+            "host": host,
+        }
         (run_dir / STATE_FILE).write_text(json.dumps(state))
         layout.logs.mkdir()
         layout.audit_policy.write_text(audit.POLICY)
@@ -167,6 +191,9 @@ class DevCluster:
         wait_for("metrics adapter", lambda: _adapter_ready(ports.adapter, supervisor), self.timeout)
         self._register_metrics_api(api)
         wait_for("custom metrics APIService Available", lambda: _apiservices_available(api, supervisor), 60)
+        if self._network is not None:
+            self.node = node.RealNode(layout, self._network, supervisor, images=self.images)
+            self.node.start(self.timeout)
 
     def _register_metrics_api(self, api: ApiClient) -> None:
         service = metrics_adapter.service_object(self.layout.ports.adapter)
@@ -185,11 +212,18 @@ class DevCluster:
         """Idempotent; safe from atexit and signal handlers."""
         with self._stopping:
             supervisor, self._supervisor = self._supervisor, None
+            real, self.node = self.node, None
+            if real is not None:
+                with contextlib.suppress(Exception):
+                    real.stop()
             if supervisor is not None:
                 if any(p.name == "kube-apiserver" and p.running() for p in supervisor.processes):
                     with contextlib.suppress(Exception):
                         self._unregister_metrics_api()
                 supervisor.stop_all()
+            network, self._network = self._network, None
+            if network is not None:
+                network.remove()
             if self.run_dir is not None:
                 if os.environ.get(KEEP_ENV) == "1":
                     (self.run_dir / rundir.KEPT_MARKER).touch()

@@ -1,7 +1,8 @@
 """Command lines of the dev cluster's components: what each runs with, and why.
 
 Everything listens on 127.0.0.1 only, on ports picked free for each run, so several clusters (e.g. parallel
-test sessions) can run on one machine.
+test sessions) can run on one machine. A cluster with a real node (node.py) puts the API server on the node
+network's gateway address instead, where pods can reach it.
 """
 
 from __future__ import annotations
@@ -34,10 +35,15 @@ class Layout:
     run_dir: Path
     pki: Pki
     ports: Ports
+    host: str = "127.0.0.1"  # where the API server listens and what it advertises
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.ports.apiserver}"
+        return f"https://{self.host}:{self.ports.apiserver}"
+
+    @property
+    def loopback(self) -> bool:
+        return self.host == "127.0.0.1"
 
     @property
     def logs(self) -> Path:
@@ -77,11 +83,18 @@ def etcd(layout: Layout) -> list[str]:
 
 def kube_apiserver(layout: Layout) -> list[str]:
     pki = layout.pki
+    if layout.loopback:
+        # The `kubernetes` Service cannot have a loopback endpoint, and nothing in-cluster needs one.
+        in_cluster = ["--endpoint-reconciler-type=none"]
+    else:
+        # Pods on a real node reach the API server through the `kubernetes` Service; it reaches their
+        # kubelet (logs, exec) as the admin, whom the kubelet's AlwaysAllow lets through.
+        in_cluster = [f"--kubelet-client-certificate={pki.admin.cert}", f"--kubelet-client-key={pki.admin.key}"]
     return [
         layout.binary("kube-apiserver"),
         f"--etcd-servers=http://127.0.0.1:{layout.ports.etcd_client}",
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
+        f"--bind-address={layout.host}",
+        f"--advertise-address={layout.host}",
         f"--secure-port={layout.ports.apiserver}",
         f"--tls-cert-file={pki.apiserver.cert}",
         f"--tls-private-key-file={pki.apiserver.key}",
@@ -91,8 +104,7 @@ def kube_apiserver(layout: Layout) -> list[str]:
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki.service_account_pub}",
         f"--service-account-signing-key-file={pki.service_account_key}",
-        # The `kubernetes` Service cannot have a loopback endpoint, and nothing in-cluster needs one.
-        "--endpoint-reconciler-type=none",
+        *in_cluster,
         "--allow-privileged=true",
         # Aggregation: the API server proxies custom.metrics.k8s.io to the adapter as front-proxy-client.
         f"--requestheader-client-ca-file={pki.front_proxy_ca}",

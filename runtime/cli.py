@@ -152,8 +152,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     p = sub.add_parser("provider", help="run a reference provider speaking AVR's protocols")
     p.add_argument("kind", help="sts, asr, llm, tts, a comma-separated list, or all")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=6030)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a pod)")
+    # PORT: what the operator passes every provider container, as AVR's own provider images read it
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "6030")))
     p.add_argument("--delay-ms", type=float, default=0.0, help="delay each reply (simulates a slow provider)")
     p.add_argument(
         "--echo",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from avr_operator.api.base import ApiModel, Rule
 from avr_operator.api.types import (
@@ -375,6 +375,14 @@ class ProviderSpec(ApiModel):
 
     image: Image = Field(description="Provider image, e.g. agentvoiceresponse/avr-sts-openai.")
     image_pull_policy: PullPolicy | None = Field(None, description="When to pull the image.")
+    args: tuple[Annotated[str, StringConstraints(max_length=1024)], ...] = Field(
+        default_factory=tuple,
+        max_length=32,
+        description=(
+            "Arguments to the image's entrypoint, replacing its default command (e.g. the worker image's "
+            "reference provider: [provider, sts, --host, 0.0.0.0]); empty keeps the image's own."
+        ),
+    )
     port: Port = Field(description="Port the provider listens on (passed to it as PORT).")
     replicas: int = Field(1, ge=0, le=1000, description="Pods when autoscaling is disabled.")
     resources: Resources = resources_field(

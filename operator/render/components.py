@@ -80,6 +80,8 @@ class Component:
     log_dir: str | None = None
     # ServiceAccount whose token the pod mounts (None: the default account, no token).
     service_account: str | None = None
+    # Arguments replacing the image's command (empty: the image's own).
+    args: tuple[str, ...] = ()
 
     @property
     def config_hash(self) -> str:
@@ -306,6 +308,7 @@ def _provider(owner: AVRDeployment, role: str, provider: ProviderSpec) -> Compon
         run_as_user=provider.run_as_user,
         http_probes=False,
         autoscaling=autoscaling,
+        args=provider.args,
     )
 
 

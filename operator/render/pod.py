@@ -62,6 +62,8 @@ def _container(c: Component) -> dict[str, Any]:
         container["env"] = c.env
     if c.image_pull_policy:
         container["imagePullPolicy"] = c.image_pull_policy
+    if c.args:
+        container["args"] = list(c.args)
     if c.pre_stop_seconds > 0:
         # The sleep action (Kubernetes >= 1.30) needs no shell in the image.
         container["lifecycle"] = {"preStop": {"sleep": {"seconds": c.pre_stop_seconds}}}

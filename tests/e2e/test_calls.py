@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import pytest
+from echo_check import assert_echoed, frames_of
 from procs import Proc, ProviderFactory, WorkerFactory, free_port, http_json, paced_whole, sts_url
 from vectors import VECTORS, split_frames
 
@@ -21,20 +22,6 @@ from avr_runtime.protocol import audiosocket as wire
 
 async def call(worker: Proc, audio: bytes, **kw: object) -> CallResult:
     return await place_call("127.0.0.1", worker.ports["audiosocket"], audio, **kw)  # type: ignore[arg-type]
-
-
-def frames_of(audio: bytes, size: int, pad: int = 0) -> list[bytes]:
-    padded = audio + bytes([pad]) * (-len(audio) % size)
-    return [padded[i : i + size] for i in range(0, len(padded), size)]
-
-
-def assert_echoed(sent: list[bytes], received: list[bytes], silence: bytes) -> None:
-    """The echo is bit-exact: what came back is the sent speech, in order, nothing invented, and ≥ 90% of it
-    (under load the pacer may trim a frame of backlog)."""
-    back = [f for f in received if f != silence]
-    it = iter(sent)
-    assert all(f in it for f in back), "in order, nothing invented"
-    assert len(back) >= 0.9 * sum(1 for f in sent if f != silence)
 
 
 async def test_sts_echo_call_is_framed_paced_and_complete(

@@ -1,20 +1,30 @@
-"""Fixtures of the kind tier: a real cluster in Docker via pytest-kind, where Docker and kind exist.
+"""Fixtures of the node tier: the built images running as real pods on real nodes.
 
-Elsewhere (our CI and most dev machines have no Docker) the tier skips with the reason. The kind and kubectl
-binaries are taken from PATH, never downloaded.
+One suite, two ways to get the cluster (docs/cluster.md):
+- kind, through pytest-kind, where Docker runs privileged containers (a laptop, most CI runners);
+- otherwise the local control plane with a real node beside it (avr_devcluster.node: containerd, kubelet,
+  kube-proxy, CoreDNS on this machine, as root), where privileged containers are refused.
+
+The images come from scripts/images (AVR_IMAGES names its output directory; scripts/test sets it). Nothing is
+downloaded. In CI (CI=true) a tier that cannot run fails instead of skipping.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from avr_devcluster import node
+from avr_devcluster.binaries import MissingBinariesError
+from avr_devcluster.cluster import DevCluster
+from node_tier import Images, NodeCluster, cannot
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -23,30 +33,55 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.kind)
 
 
-def _missing() -> str | None:
-    """Why kind cannot run here, or None if it can."""
-    for tool in ("docker", "kind", "kubectl"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not on PATH"
+def _kind_usable() -> bool:
+    if shutil.which("kind") is None or shutil.which("docker") is None:
+        return False
     probe = subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=30)
-    if probe.returncode != 0:
-        return "the Docker daemon is not reachable (`docker info` failed)"
-    return None
+    return probe.returncode == 0
+
+
+def _kind(images: Images) -> Iterator[NodeCluster]:
+    from pytest_kind import KindCluster  # noqa: PLC0415 - only where kind can run
+
+    kind, kubectl, helm = shutil.which("kind"), shutil.which("kubectl"), shutil.which("helm")
+    if not (kind and kubectl and helm):
+        cannot("kind needs kubectl and helm on PATH too")
+    assert kind and kubectl and helm
+    cluster = KindCluster("avr-k8s-nodes", kind_path=Path(kind), kubectl_path=Path(kubectl))
+    cluster.create()
+    try:
+        for archive in sorted(images.archives.glob("*.tar")):
+            subprocess.run([kind, "load", "image-archive", str(archive), "--name", cluster.name], check=True)
+        yield NodeCluster("kind", Path(cluster.kubeconfig_path), kubectl, helm, images, direct=False)
+    finally:
+        cluster.delete()
+
+
+def _real_node(images: Images) -> Iterator[NodeCluster]:
+    reason = node.unavailable()
+    if reason:
+        cannot(reason)
+    try:
+        cluster = DevCluster(real_node=True, images=images.archives, timeout=180)
+    except MissingBinariesError as error:
+        cannot(str(error))
+    with cluster:
+        bin_dir = cluster.bin_dir
+        yield NodeCluster(
+            "real node",
+            cluster.kubeconfig,
+            str(bin_dir / "kubectl"),
+            str(bin_dir / "helm"),
+            images,
+            direct=True,
+            log_dirs=[cluster.layout.logs],
+        )
 
 
 @pytest.fixture(scope="session")
-def kind_cluster() -> Iterator[Any]:
-    """Replaces pytest-kind's fixture of that name: skips where it cannot run, never downloads tools."""
-    reason = _missing()
-    if reason:
-        pytest.skip(f"kind tier needs Docker and kind: {reason}")
-    from pytest_kind import KindCluster  # noqa: PLC0415 - only where the tier can run
-
-    kind, kubectl = shutil.which("kind"), shutil.which("kubectl")
-    assert kind and kubectl
-    cluster = KindCluster("avr-k8s-test", kind_path=Path(kind), kubectl_path=Path(kubectl))
-    cluster.create()
-    try:
-        yield cluster
-    finally:
-        cluster.delete()
+def nodes() -> Iterator[NodeCluster]:
+    images = Images.from_env()
+    if _kind_usable() and os.environ.get("AVR_NODE_TIER", "") != "real-node":
+        yield from _kind(images)
+    else:
+        yield from _real_node(images)

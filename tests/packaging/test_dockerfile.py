@@ -209,15 +209,18 @@ def test_targets_and_base_image(dockerfile: Dockerfile) -> None:
         )
 
 
-def test_build_stage_builds_the_wheel_into_a_venv(dockerfile: Dockerfile) -> None:
-    build = dockerfile.targets["build"]
+@pytest.mark.parametrize("side", ["runtime", "operator"])
+def test_each_side_builds_its_own_wheel_into_a_venv(dockerfile: Dockerfile, side: str) -> None:
+    build = dockerfile.targets[f"build-{side}"]
+    assert build.base == "build"
     run = build.run_text()
     assert "python -m venv /opt/venv" in run
-    assert re.search(r"pip wheel --no-deps\b", run)
-    assert re.search(r"pip install\s+/wheels/", run)
-    copied = " ".join(i.args for i in build.all("COPY"))
-    for path in ("pyproject.toml", "README.md", "runtime/", "operator/", "cluster/"):
+    assert re.search(rf"AVR_PACKAGES=avr_{side} \S+ wheel --no-deps\b", run), "a wheel of this side only"
+    assert re.search(rf"pip install \"\$\(ls /wheels/\*\.whl\)\[{side}\]\"", run), "with this side's extra"
+    copied = " ".join(i.args for i in dockerfile.targets["build"].all("COPY"))
+    for path in ("pyproject.toml", "setup.py", "README.md", "runtime/", "operator/"):
         assert path in copied, f"the build stage must COPY {path}"
+    assert "cluster/" not in copied, "the dev cluster is in no image"
 
 
 @pytest.mark.parametrize("target", ["runtime", "operator"])
@@ -228,7 +231,7 @@ def test_final_stages_are_lean_and_unprivileged(dockerfile: Dockerfile, target: 
     for tool in BUILD_TOOLS:
         assert not re.search(rf"(?<![\w-]){re.escape(tool)}(?![\w-])", installs), f"{target} installs {tool}"
     copies = [i for s in lineage for i in s.all("COPY")]
-    assert all(i.args.startswith("--from=build /opt/venv") for i in copies), "final stages copy only the venv"
+    assert [i.args for i in copies] == [f"--from=build-{target} /opt/venv /opt/venv"], "only its own side's venv"
     for s in lineage:
         if "apt-get install" in s.run_text():
             assert "rm -rf /var/lib/apt/lists/*" in s.run_text()
@@ -275,5 +278,6 @@ def test_dockerignore_keeps_the_context_small() -> None:
     patterns.discard("")
     for required in (".git", ".venv", "tests", "bench", "**/__pycache__", ".mypy_cache", ".pytest_cache", "*.egg-info"):
         assert required in patterns, f".dockerignore must exclude {required}"
-    copied = {"pyproject.toml", "README.md", "runtime", "operator", "cluster"}
+    copied = {"pyproject.toml", "setup.py", "README.md", "runtime", "operator"}
     assert not copied & patterns, "files the build stage copies must stay in the context"
+    assert "cluster" in patterns, "the dev cluster stays out of the build context"

@@ -28,7 +28,7 @@ import yaml
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "setup.py", "README.md", "runtime", "operator", "cluster")  # what the Dockerfile copies
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "runtime", "operator", "cluster")
 PACKAGES = {"avr_runtime", "avr_operator", "avr_devcluster"}
 ENTRY_POINTS = {"avr-runtime", "avr-operator", "avr-devcluster"}
 
@@ -92,7 +92,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     result = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "install", "--no-compile",
-         str(wheel)],
+         f"{wheel}[runtime,operator]"],
         cwd=base, capture_output=True, text=True, timeout=480, check=False,
     )  # fmt: skip
     assert result.returncode == 0, f"installing the wheel failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -210,3 +210,33 @@ def test_runtime_serves_health_and_ready(installed: Installed, worker: Worker) -
     assert check.returncode == 0, check.stderr
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0, log.read_text()[-3000:]
+
+
+def _wheel_of(packages: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", "wheel", "--no-deps",
+         "--wheel-dir", str(tmp_path), str(ROOT)],
+        env={**os.environ, "AVR_PACKAGES": packages}, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_a_wheel_of_one_side_holds_that_side_and_its_command_only(tmp_path: Path) -> None:
+    """What each image installs (the Dockerfile's build-runtime and build-operator stages)."""
+    result = _wheel_of("avr_operator", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (wheel,) = tmp_path.glob("avr_k8s-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (entry_points,) = (n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        scripts = archive.read(entry_points).decode()
+        (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
+        extras = [line for line in archive.read(metadata).decode().splitlines() if line.startswith("Provides-Extra")]
+    assert {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")} == {"avr_operator"}
+    assert "avr-operator = " in scripts and "avr-runtime" not in scripts and "avr-devcluster" not in scripts
+    assert {e.split(": ", 1)[1] for e in extras} >= {"runtime", "operator"}
+
+
+def test_an_unknown_side_is_refused_by_name(tmp_path: Path) -> None:
+    result = _wheel_of("avr_operator,avr_nothing", tmp_path)
+    assert result.returncode != 0
+    assert "avr_nothing" in result.stdout + result.stderr
