@@ -90,7 +90,7 @@ class MessageError(ValueError):
 
 
 def _b64(data: str | bytes) -> bytes:
-    # strict_mode: the same checks as b64decode(validate=True), done in C without b64decode's Python-level wrapper
+    # strict_mode: the same checks as b64decode(validate=True), done in C instead of its Python-level regex check
     try:
         return binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
