@@ -1,4 +1,4 @@
-"""Event loop choice: uvloop where available (about 2x less CPU per AudioSocket frame than asyncio's loop)."""
+"""Event loop choice: uvloop where available (its callbacks and socket I/O are compiled; asyncio's loop is Python)."""
 
 from __future__ import annotations
 

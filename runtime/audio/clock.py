@@ -1,9 +1,9 @@
 """One event-loop timer per millisecond for every call's pacer, instead of one timer per frame per call.
 
-Measured hot path: each call's pacer wakes 50 times a second; with a loop timer each (``call_at``: a timer handle,
-a libuv timer start and stop, a callback dispatch) the timers alone were ~5 % of the worker's CPU at 200 calls.
-Here slots due in the same millisecond share one loop timer. A slot fires at the end of its millisecond, never
-early: at most ``resolution`` late, which the pacer's playout margin absorbs.
+Hot path: each call's pacer wakes 50 times a second; with a loop timer each (``call_at``: a timer handle, a libuv
+timer start and stop, a callback dispatch) that work grows with every call. Here slots due in the same
+millisecond share one loop timer. A slot fires at the end of its millisecond, never early: at most ``resolution``
+late, which the pacer's playout margin absorbs.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A polyphase windowed-sinc FIR with the filter state carried across calls, so feeding 20 ms chunks gives exactly the
 same samples as feeding the whole signal at once (no chunk-edge artefacts) and every chunk in gives a fixed-size chunk
-out (no bursts). soxr's streaming mode emits ~100 ms bursts for 20 ms input, which pacing cannot use.
+out (no bursts). soxr's streaming mode emits its output in bursts several frames long for 20 ms input, which
+pacing cannot use.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ class Other:
 Event = Audio | Interruption | Transcript | ProviderError | Other
 
 # Provider → core audio arrives 50 times a second per call; building and reading these strings directly
-# skips a JSON round trip (measured ~3x cheaper than orjson on 320-byte frames).
+# skips a JSON round trip: the message's shape is fixed, so no parser or serializer is needed for it.
 
 
 def encode_audio(pcm: bytes) -> str:
@@ -90,7 +90,7 @@ class MessageError(ValueError):
 
 
 def _b64(data: str | bytes) -> bytes:
-    # strict_mode: the same checks as b64decode(validate=True), done in C (1.0 vs 1.4 µs on a 320-byte frame)
+    # strict_mode: the same checks as b64decode(validate=True), done in C instead of its Python-level regex check
     try:
         return binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError) as exc:

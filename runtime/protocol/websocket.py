@@ -1,7 +1,7 @@
 """RFC 6455 WebSocket, pure: the opening handshake and the framing, both sides.
 
 The STS provider leg carries two messages per call every 20 ms, so this path is hot: a general client (aiohttp's)
-spent ~60 % of the worker's CPU per frame on it, most of it in task wake-ups and generic framing. This module only
+spent most of the worker's CPU per frame on it, in task wake-ups and generic framing. This module only
 builds and parses bytes; the worker's connection is ``services/providers/wsclient.py``, the reference echo
 provider's is ``reference/sts_server.py``. No extensions are negotiated (no compression), so the reserved bits must
 be zero.
@@ -199,7 +199,7 @@ class Masker:
 
 
 def apply_mask(data: bytes, key: bytes) -> bytes:
-    """XOR with the repeated 4-byte key, as one big-integer operation (~1.2 µs for a 450-byte frame)."""
+    """XOR with the repeated 4-byte key, as one big-integer operation (a loop would run Python for every byte)."""
     n = len(data)
     if not n:
         return b""

@@ -1,10 +1,10 @@
 /* The reference echo STS provider's data plane in C: audio messages go back without waking Python.
  *
  * Why: bench/runtime_load.py runs this provider on the load generator's core, so what it costs per message is
- * taken from the load side that times the worker. On the asyncio Protocol server each echoed message cost about
- * 19 us of CPU at 500 sessions (a read callback, the frame parser, a bytes object, a transport write), about half
- * of the load core at 500 calls. Here one readable descriptor stands for every session's socket, and an audio
- * message is unmasked into its reply frame and written in C.
+ * taken from the load side that times the worker. On the asyncio Protocol server each echoed message runs Python
+ * (a read callback, the frame parser, a bytes object, a transport write), and at hundreds of sessions that took
+ * much of the load core (figures: bench/README.md). Here one readable descriptor stands for every session's
+ * socket, and an audio message is unmasked into its reply frame and written in C.
  *
  * What is done here, and nothing more: a whole, unfragmented text message from the client that begins with
  * {"type":"audio" is sent back as one unmasked frame, which is what reference/echo.py's EchoSession does with it.

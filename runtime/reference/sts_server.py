@@ -1,7 +1,7 @@
 """The echo STS provider on an asyncio Protocol: the load benchmark's provider must not be its bottleneck.
 
-On aiohttp the echo costs 1.4-1.6x more CPU per message (``bench/provider_echo.py``: a task wake-up per
-receive and per send), and with the load generator on the same core it saturated before the worker under test
+On aiohttp the echo costs more CPU per message (a task wake-up per receive and per send; ``bench/provider_echo.py``
+compares them), and with the load generator on the same core it saturated before the worker under test
 did. Here the handshake and every message but audio are handled from ``data_received``; once a session is past
 its handshake its socket moves to the compiled echo engine (``_echo.c``), which sends audio messages back
 without waking Python and hands everything else to the session's protocol. The same port answers

@@ -1,10 +1,9 @@
 /* The call data plane in C: a steady-state AudioSocket (slin) + STS WebSocket call, moved off the event loop's
  * per-socket machinery.
  *
- * Why: on a 2-core VM each PCM frame costs four socket operations. With uvloop, each one also pays a Python
- * dispatch (read callback, bytes object, protocol call, transport write): bench/runtime_load.py measured the bare
- * uvloop AudioSocket echo at 13 us per frame against 8 us for the same echo on a plain epoll loop in C, and the
- * worker at 37-41 us per frame at 500 calls. Here one readable epoll descriptor (registered with the event loop)
+ * Why: each PCM frame costs four socket operations. With uvloop, each one also pays a Python dispatch (read
+ * callback, bytes object, protocol call, transport write), which costs more than the kernel's own work for a frame
+ * this small (figures: bench/README.md). Here one readable epoll descriptor (registered with the event loop)
  * stands for every relayed call: a single Python call handles all their ready sockets and due pacer slots.
  *
  * What is done here, and nothing more: the exact fast path (an AudioSocket 0x10 frame of even length becomes an
@@ -21,10 +20,9 @@
  * state carries on across the handover and the module builds without libopus headers.
  *
  * Polling (poll_interval > 0, FAST_PATH_POLL_MS): the sockets sit in an epoll of their own that the event loop does
- * not watch, and are read when the timer fires, every poll interval. On the 2-vCPU VM of bench/runtime_load.py,
- * being woken by each peer's send cost the worker about 6,600 cross-core wake-ups a second at 500 calls; polling
- * every 1 ms cut the worker's CPU per frame by a fifth and its peers' by about a tenth, for up to 1 ms more
- * latency each way.
+ * not watch, and are read when the timer fires, every poll interval. Being woken by each peer's send costs a
+ * cross-core wake-up per message, paid by the sender too; one poll per interval finds many sockets ready at once
+ * and wakes nobody, for up to one interval more latency each way.
  */
 #include "common.h"
 
@@ -732,7 +730,7 @@ static PyObject *Engine_run(Engine *e, PyObject *Py_UNUSED(ignored)) {
         if (evs[i].events & EPOLLOUT) side_flush(s);
         if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) side_read(s);
     }
-    /* due pacer slots: a scan in C is cheaper than a timer per call (500 comparisons per wake-up) */
+    /* due pacer slots: a scan in C (one comparison per call per wake-up) is cheaper than a timer per call */
     double now = monotonic();
     double soonest = 0.0;
     for (Py_ssize_t i = 0; i < e->n; i++) {

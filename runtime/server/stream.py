@@ -46,8 +46,8 @@ class StreamCodec:
 
     Opus needs no resampler: an Opus stream has no fixed sample rate, so the encoder takes the call's 8 kHz audio
     and the decoder renders the client's packets straight at 8 kHz, whatever rate the client uses. That is the
-    audio the providers get anyway, and it costs ~60 µs per frame less than two numpy resamplers and a wideband
-    encoder (measured: encode 58 µs at 8 kHz vs 104 µs + 13 µs upsampling at 16 kHz, complexity 5).
+    audio the providers get anyway, and it saves two resamplers and the larger work of a wideband encoder on every
+    frame (encoding is most of an Opus call's cost: bench/README.md).
     """
 
     def __init__(self, codec: Codec, settings: Settings) -> None:
@@ -133,9 +133,9 @@ class StreamConnection(asyncio.Protocol):
 
     aiohttp answers the upgrade; then this object takes the socket (``transport.set_protocol``), so a frame in is
     parsed and handed on from ``data_received`` and a frame out is one ``transport.write``: no reader queue, no
-    sender task. Measured: aiohttp's WebSocket server (receive, send, the sender task) was ~25 % of the worker's
-    CPU per Opus frame. It also lets a steady Opus call move to the compiled data plane (server/relay.py) like an
-    AudioSocket call: the parser is known to be between frames when the socket changes hands.
+    sender task, whose wake-ups were a large share of an Opus frame's cost on aiohttp's server. It also lets a steady
+    Opus call move to the compiled data plane (server/relay.py) like an AudioSocket call: the parser is known to be
+    between frames when the socket changes hands.
 
     Backpressure: the kernel buffer is kept small; beyond it and ``WRITE_HIGH_WATER`` bytes in the transport,
     outbound frames wait in a queue of ``queue_frames`` that drops the oldest (counted).

@@ -40,7 +40,7 @@ class Worker:
             lambda: AudioSocketConnection(ctx), s.host, s.port, backlog=1024, reuse_address=True
         )
         # Everything built so far lives as long as the process: out of the collector's sight, a full collection
-        # no longer walks it (~15 ms with ~60,000 objects, a stall every call would hear).
+        # no longer walks it: with tens of thousands of start-up objects that walk is a stall every call would hear.
         gc.freeze()
         if s.mode == "none":
             log.warning("no provider configured (STS_URL or ASR_URL+LLM_URL+TTS_URL): calls will hear silence")
@@ -99,9 +99,10 @@ class Worker:
 def use_realtime(priority: int) -> bool:
     """Put the calling thread (the event loop's, and the threads it starts later) on SCHED_FIFO at ``priority``.
 
-    Why: on the 2-vCPU machine of bench/runtime_load.py, at 500 calls, the worker's pacer slots that fired more
-    than 5 ms late fell from 665-1,201 per 10 s to 0-215 with SCHED_FIFO, the rest of the node's ordinary work on
-    that core no longer queued ahead of it. It needs CAP_SYS_NICE; without it the worker says so and goes on.
+    Why: a pacer slot is only on time if the event loop runs when its timer fires; on SCHED_FIFO the ordinary work
+    sharing the core no longer queues ahead of it. Whether that pays off depends on the node (with the default
+    settings it did not beat the normal scheduler in the load benchmark: bench/README.md), so it is opt-in. It
+    needs CAP_SYS_NICE; without it the worker says so and goes on.
     """
     if priority == 0:
         return False

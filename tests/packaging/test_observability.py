@@ -76,7 +76,7 @@ def _metrics_in(expr: str) -> set[str]:
 
 def _documented_metrics() -> set[str]:
     documented = set()
-    for doc in (ROOT / "README.md", ROOT / "docs" / "operator.md"):
+    for doc in (ROOT / "docs" / "runtime.md", ROOT / "docs" / "operator.md"):
         for row in re.findall(r"^\| (`avr_[^|]*)\|", doc.read_text(), re.MULTILINE):
             documented |= set(re.findall(r"`(avr_[a-z_]+)", row))
     return documented
@@ -144,7 +144,7 @@ def test_rules_and_panels_read_only_known_metrics() -> None:
     exprs = [rule["expr"] for rule in _alerts().values()]
     exprs += [target["expr"] for panel in _panels() for target in panel["targets"]]
     read = set().union(*(_metrics_in(e) for e in exprs))
-    assert read - known == set(), "undocumented metrics (README's Metrics table, docs/operator.md)"
+    assert read - known == set(), "undocumented metrics (docs/runtime.md's Metrics table, docs/operator.md)"
     assert {"avr_call_utilization", "avr_calls_refused_total", "avr_operator_reconcile_errors_total"} <= read
 
 

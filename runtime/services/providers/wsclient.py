@@ -1,7 +1,7 @@
 """A WebSocket client connection on an asyncio Protocol: messages in and out without task wake-ups.
 
-Measured hot path (bench/runtime_load.py): with aiohttp's client, sending and receiving STS messages took ~60 % of
-the worker's CPU per frame, mostly the writer/reader task wake-ups and its generic frame handling. Here a send is
+Hot path: with aiohttp's client, sending and receiving STS messages was most of the worker's CPU per frame, spent
+in the writer/reader task wake-ups and its generic frame handling. Here a send is
 one synchronous ``transport.write`` and a received message is handed to a callback from ``data_received``.
 Framing is ``protocol/websocket.py``. Pings are answered, the close handshake is honoured, writes that the kernel
 cannot take are buffered up to a bound and then dropped oldest-first, never grown without limit.
