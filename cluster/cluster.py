@@ -214,6 +214,8 @@ class DevCluster:
             supervisor, self._supervisor = self._supervisor, None
             real, self.node = self.node, None
             if real is not None:
+                if supervisor is not None:
+                    supervisor.stop("kube-controller-manager")  # or it would replace the pods being removed
                 with contextlib.suppress(Exception):
                     real.stop()
             if supervisor is not None:

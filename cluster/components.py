@@ -134,11 +134,17 @@ def kube_controller_manager(layout: Layout) -> list[str]:
         f"--service-account-private-key-file={layout.pki.service_account_key}",
         # Each controller acts with its own RBAC role, as in production.
         "--use-service-account-credentials=true",
-        # Fake nodes send no heartbeats, so the node-lifecycle controller would taint them NotReady.
-        "--controllers=*,-node-lifecycle-controller,-taint-eviction-controller",
+        *_controllers(layout),
         "--horizontal-pod-autoscaler-sync-period=1s",
         f"--horizontal-pod-autoscaler-downscale-stabilization={HPA_DOWNSCALE_STABILIZATION}",
     ]
+
+
+def _controllers(layout: Layout) -> list[str]:
+    if not layout.loopback:
+        return []  # a real node's kubelet sends heartbeats: the node-lifecycle controller lifts its taints
+    # Fake nodes send no heartbeats, so the node-lifecycle controller would taint them NotReady.
+    return ["--controllers=*,-node-lifecycle-controller,-taint-eviction-controller"]
 
 
 def kube_scheduler(layout: Layout) -> list[str]:

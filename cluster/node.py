@@ -115,7 +115,7 @@ class RealNode:
         return _run("ctr", "--address", str(self.socket), "--namespace", "k8s.io", *args, timeout=timeout)
 
     def import_image(self, archive: Path) -> None:
-        self.ctr("images", "import", "--no-unpack", str(archive))
+        self.ctr("images", "import", str(archive))
 
     # -- lifecycle ---
 
@@ -123,7 +123,7 @@ class RealNode:
         self._clean_state()
         self.dir.mkdir(parents=True)
         self.state.mkdir(parents=True)
-        for name in ("containerd", "cni", "kubelet", "ipam"):
+        for name in ("containerd", "cni", "kubelet", "ipam", "pod-logs"):
             (self.dir / name).mkdir()
         self._write_configs()
         self.supervisor.start("containerd", ["containerd", "--config", str(self.dir / "containerd.toml")])
@@ -162,7 +162,7 @@ class RealNode:
         self._kill_shims()
         _run(self.layout.binary("kube-proxy"), "--cleanup", check=False)
         self._clean_state()
-        _run("umount", "--recursive", "--lazy", str(self.dir), check=False)
+        unmount_under(self.dir)
 
     # -- internals ---
 
@@ -221,7 +221,7 @@ class RealNode:
 
     def _clean_state(self) -> None:
         if self.state.exists():
-            _run("umount", "--recursive", "--lazy", str(self.state), check=False)
+            unmount_under(self.state)
             shutil.rmtree(self.state, ignore_errors=True)
 
     def _write_configs(self) -> None:
@@ -230,10 +230,20 @@ class RealNode:
         (d / "cni" / "10-avr.conflist").write_text(json.dumps(cni_config(d / "ipam"), indent=2))
         (d / "Corefile").write_text(corefile(layout.kubeconfig("admin")))
         (d / "resolv.conf").write_text(f"nameserver {GATEWAY}\n")
-        kubelet = kubelet_config(self.socket, layout.pki.ca, d / "resolv.conf")
+        kubelet = kubelet_config(self.socket, layout.pki.ca, d / "resolv.conf", d / "pod-logs")
         (d / "kubelet.yaml").write_text(yaml.safe_dump(kubelet, sort_keys=False))
         proxy = kube_proxy_config(layout.kubeconfig("admin"))
         (d / "kube-proxy.yaml").write_text(yaml.safe_dump(proxy, sort_keys=False))
+
+
+def unmount_under(directory: Path) -> None:
+    """Unmount what the kubelet and containerd mounted below `directory` (volumes, rootfs, netns), deepest first."""
+    prefix = str(directory).rstrip("/") + "/"
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        points = [line.split()[1] for line in mounts]
+    # /proc/mounts escapes spaces and the like as octal; our paths have none
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        _run("umount", "--lazy", point, check=False)
 
 
 # -- configurations: pure functions, each says why it departs from the defaults ---
@@ -307,7 +317,7 @@ def corefile(kubeconfig: Path) -> str:
 """
 
 
-def kubelet_config(socket: Path, ca: Path, resolv: Path) -> dict[str, Any]:
+def kubelet_config(socket: Path, ca: Path, resolv: Path, logs: Path) -> dict[str, Any]:
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -329,6 +339,7 @@ def kubelet_config(socket: Path, ca: Path, resolv: Path) -> dict[str, Any]:
         "clusterDNS": [GATEWAY],
         "clusterDomain": CLUSTER_DOMAIN,
         "resolvConf": str(resolv),
+        "podLogsDir": str(logs),  # not the machine's /var/log/pods
         # Images are imported, never pulled: collecting one would lose it for good.
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,

@@ -6,6 +6,7 @@ import (
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/coremain"
 
+	_ "github.com/coredns/coredns/plugin/bind"
 	_ "github.com/coredns/coredns/plugin/errors"
 	_ "github.com/coredns/coredns/plugin/health"
 	_ "github.com/coredns/coredns/plugin/kubernetes"
@@ -14,7 +15,7 @@ import (
 
 func init() {
 	// Order matters: it is the order in which a query passes through the plugins.
-	dnsserver.Directives = []string{"errors", "health", "ready", "kubernetes"}
+	dnsserver.Directives = []string{"bind", "ready", "health", "errors", "kubernetes"}
 }
 
 func main() {

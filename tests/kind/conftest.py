@@ -75,6 +75,7 @@ def _real_node(images: Images) -> Iterator[NodeCluster]:
             images,
             direct=True,
             log_dirs=[cluster.layout.logs],
+            local=cluster,
         )
 
 

@@ -7,12 +7,16 @@ The tests share one installation and run in file order: install, calls, rollout,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import subprocess
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +28,8 @@ from avr_runtime.client.speech import sample_speech
 
 pytestmark = pytest.mark.timeout(900)
 
-ROOT_CHART = "charts/avr-operator"
+ROOT = Path(__file__).resolve().parents[2]
+ROOT_CHART = str(ROOT / "charts" / "avr-operator")
 SYSTEM = "avr-system"
 APP = "avr-calls"
 NAME = "agent"
@@ -157,6 +162,14 @@ def test_installed_operator_and_workers_are_ready_under_the_restricted_standard(
         check=False, errors=True,
     )  # fmt: skip
     assert "violates PodSecurity" in refused, refused
+    # each image holds its own side only
+    probe = "import importlib.util as u, sys; print(sorted(m for m in sys.argv[1:] if u.find_spec(m)))"
+    modules = ["avr_runtime", "avr_operator", "avr_devcluster", "kopf", "kubernetes", "numpy", "opuslib"]
+    core = next(p for p in pods if p["metadata"]["labels"]["app.kubernetes.io/component"] == "core")
+    found = cluster.kubectl("exec", "-n", APP, _name(core), "--", "python", "-c", probe, *modules)
+    assert json.loads(found.replace("'", '"')) == ["avr_runtime", "numpy", "opuslib"]
+    found = cluster.kubectl("exec", "-n", SYSTEM, _name(operator), "--", "python", "-c", probe, *modules)
+    assert json.loads(found.replace("'", '"')) == ["avr_operator", "kopf", "kubernetes"]
     out = cluster.helm("test", "avr", "--namespace", SYSTEM, "--timeout", "3m")
     assert re.search(r"Phase:\s+Succeeded", out), out
 
@@ -266,3 +279,66 @@ def test_scale_down_keeps_the_busiest_pod_and_its_calls(stack: Stack) -> None:
     _whole(results, long_speech)
     (kept,) = stack.wait_ready(1)
     assert kept["metadata"]["name"] == busiest["metadata"]["name"]
+
+
+FAST_SCALING = {
+    "scaleUp": {"stabilizationWindowSeconds": 0, "policies": [{"type": "Pods", "value": 4, "periodSeconds": 5}]},
+    "scaleDown": {"stabilizationWindowSeconds": 5, "policies": [{"type": "Pods", "value": 2, "periodSeconds": 5}]},
+}
+
+
+def test_the_hpa_follows_calls_on_real_pods_through_prometheus(stack: Stack) -> None:
+    """Prometheus scrapes the core pods, prometheus-adapter (the chart's rules) serves avr_queue_length, and the
+    HPA the operator made scales the core up as calls ramp and back down when they end."""
+    cluster = stack.cluster
+    if cluster.local is None:
+        pytest.skip("Prometheus and prometheus-adapter run beside the local control plane only")
+    from avr_devcluster.prometheus import PrometheusMetrics, Target  # noqa: PLC0415 - the local cluster's extra
+
+    autoscaling = {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "behavior": FAST_SCALING}
+    # `autoscaling` sits beside `core` in the spec
+    body = avr_deployment(cluster.images.runtime, replicas=1, env=ROLLED, maxConcurrentCalls=10)
+    body["spec"]["autoscaling"] = autoscaling
+    rules = ROOT / "charts" / "avr-operator" / "files" / "prometheus-adapter-rules.yaml"
+    with PrometheusMetrics(cluster.local, rules) as metrics:
+        stop = threading.Event()
+
+        def follow_pods() -> None:
+            """Scrape every core pod with an address, as a PodMonitor would."""
+            while not stop.is_set():
+                with contextlib.suppress(AssertionError, ValueError, subprocess.SubprocessError):
+                    pods = [p for p in stack.core_pods() if p.get("status", {}).get("podIP")]
+                    metrics.set_targets([Target(f"{p['status']['podIP']}:3000", APP, _name(p)) for p in pods])
+                stop.wait(1)
+
+        follower = threading.Thread(target=follow_pods, daemon=True)
+        follower.start()
+        try:
+            stack.apply(body)
+            stack.wait_ready(1)
+            replicas_seen: list[int] = []
+            host, port = cluster.service_address(APP, CORE, "audiosocket")
+            long_speech = sample_speech() * 14  # ~35 s
+
+            def replicas() -> int:
+                deployment = cluster.get("deployment", "-n", APP, CORE)
+                return int(deployment["spec"].get("replicas") or 0)
+
+            async def ramp() -> list[CallResult]:
+                tasks = []
+                for _ in range(16):  # one a second: 16 calls want ceil(16 / 7) = 3 pods
+                    tasks.append(asyncio.create_task(place_call(host, port, long_speech, tail_s=0.6)))
+                    replicas_seen.append(await asyncio.to_thread(replicas))
+                    await asyncio.sleep(1)
+                scaled = await asyncio.to_thread(wait_until, "3 core replicas", lambda: replicas() == 3, 60, 1)
+                assert scaled
+                return list(await asyncio.gather(*tasks))
+
+            results = asyncio.run(ramp())
+            print(f"replicas while calls ramped: {replicas_seen}")
+            _whole(results, long_speech)
+            down = wait_until("back to 1 replica", lambda: replicas() == 1, 120, 1)
+            assert down
+        finally:
+            stop.set()
+            follower.join(timeout=5)

@@ -56,6 +56,7 @@ class NodeCluster:
     # pod and Service addresses are reachable from the test process (real node), or only inside (kind)
     direct: bool
     log_dirs: list[Path] = field(default_factory=list)
+    local: Any = None  # the DevCluster, when the cluster is the local control plane with a real node
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
