@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from avr_runtime.audio.buffer import Overflow
+from avr_runtime.server.leg import Leg
 from avr_runtime.services import metrics
 from avr_runtime.services.providers.sts import StsSession
 
@@ -37,21 +38,6 @@ log = logging.getLogger(__name__)
 AVAILABLE: Final = _relay is not None
 AS: Final = 0  # the caller's side of a relay (AudioSocket, or the Opus stream leg)
 WS: Final = 1  # the provider WebSocket side
-
-
-class CallerLeg(Protocol):
-    """What a caller's connection offers to be relayed (server/audiosocket.py, server/stream.py)."""
-
-    transport: asyncio.Transport | None
-
-    def detachable(self) -> bool:
-        """At a frame boundary, nothing held back, not closing: the socket can change hands now."""
-
-    def relayed(self, transport: asyncio.Transport) -> None:
-        """From now on ``transport`` writes, and the engine calls ``data_received`` with what it does not handle."""
-
-    def relay_options(self) -> dict[str, Any]:
-        """Engine.add's arguments for this kind of leg (none for a slin AudioSocket)."""
 
 
 class _Detached(asyncio.Protocol):
@@ -127,21 +113,16 @@ class Relays:
         self.engine = _relay.Engine(metrics.FRAME_LATENCY.bounds, max_message, poll_interval)
         loop.add_reader(self.engine.fileno(), self.engine.run)
 
-    def offer(self, leg: CallerLeg, call: Call) -> bool:
-        """Move the call into the engine if it can go now; True once there is no point in offering again."""
+    def offer(self, leg: Leg, call: Call) -> bool:
+        """Move the call into the engine if it can go now (``handover.decide`` has said it may: Call.hand_over);
+        False to try again later. An OSError (no descriptor left) leaves the call in Python, untouched."""
         session = call.session
-        if not isinstance(session, StsSession) or session.ended.done():
-            return True
-        conn = session.connection
+        conn = session.connection if isinstance(session, StsSession) else None
         if conn is None:
             return False  # still connecting
-        try:
-            return self.take_over(leg, conn, call)
-        except OSError as exc:
-            log.warning("call %s: not relayed: %s", call.uuid, exc, extra={"uuid": call.uuid})
-            return True
+        return self.take_over(leg, conn, call)
 
-    def take_over(self, leg: CallerLeg, conn: WebSocketConnection, call: Call) -> bool:
+    def take_over(self, leg: Leg, conn: WebSocketConnection, call: Call) -> bool:
         """Move the call into the engine if both connections are at a clean point now; False to try again later."""
         as_transport, ws_transport = leg.transport, conn.transport
         if as_transport is None or ws_transport is None or not leg.detachable() or not conn.detachable():
