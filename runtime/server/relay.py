@@ -1,20 +1,19 @@
 """The call data plane in C, for calls in their steady state (``_relay.c`` says why and what it does).
 
 A call is handed over when its caller's leg is slin AudioSocket audio or a mono Opus stream client (whose libopus
-encoder and decoder go along), its provider is STS over plain ``ws://``, and both connections sit at a frame
-boundary with nothing waiting to be written; the pacer's grid and state and the queued audio go with it, so the
-caller hears no gap and no burst. From then on the engine owns both sockets: caller audio goes to the provider and
-provider audio is paced to the caller in C. The Python protocol objects stay in charge of everything else (DTMF,
-hang-ups, provider events, pings, the close handshake, protocol errors): the engine hands them those bytes, and
-their writes go through a ``RelayTransport``. Without the compiled module (no C compiler at install time) calls
-stay in Python.
+encoder and decoder go along) and its provider is STS over plain ``ws://`` (services/handover.py decides, once per
+call), and both connections sit at a frame boundary with nothing waiting to be written; the pacer's grid and state and
+the queued audio go with it, so the caller hears no gap and no burst. From then on the engine owns both sockets: caller
+audio goes to the provider and provider audio is paced to the caller in C. The Python protocol objects stay in charge of
+everything else (DTMF, hang-ups, provider events, pings, the close handshake, protocol errors): the engine hands them
+those bytes, and their writes go through a ``RelayTransport``. Without the compiled module (no C compiler at install
+time) calls stay in Python.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
     from avr_runtime.server._relay import Relay
     from avr_runtime.server.call import Call
     from avr_runtime.services.providers.wsclient import WebSocketConnection
-
-log = logging.getLogger(__name__)
 
 AVAILABLE: Final = _relay is not None
 AS: Final = 0  # the caller's side of a relay (AudioSocket, or the Opus stream leg)
