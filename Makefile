@@ -3,8 +3,8 @@ demo:  ## run the worker, a reference provider and a sample call
 	scripts/demo
 test:  ## install what is needed, lint, type-check and run all tests
 	scripts/test
-check:
-	scripts/check
+check:  ## lint, type-check and the import layers (installs what is needed first)
+	scripts/bootstrap && scripts/check
 bench:
 	scripts/bench
 fuzz:  ## property-based fuzzing of the parsers (20,000 inputs each) and the data plane's framing (5,000)

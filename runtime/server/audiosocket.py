@@ -17,9 +17,10 @@ from avr_runtime.protocol import audiosocket as wire
 from avr_runtime.protocol.audiosocket import ErrorCode, Kind, ProtocolError
 from avr_runtime.server.call import Call
 from avr_runtime.server.context import WorkerContext
+from avr_runtime.server.leg import Leg
 from avr_runtime.server.wideband import SUPPORTED_RATES, RateEdge, edge_for
 from avr_runtime.services import metrics
-from avr_runtime.services.providers.sts import StsSession
+from avr_runtime.services.handover import LegFormat
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def end_code(reason: str, error_code: int | None) -> int | None:
     return ErrorCode.PROTOCOL if reason.startswith("protocol_error") else None
 
 
-class AudioSocketConnection(asyncio.Protocol):
+class AudioSocketConnection(asyncio.Protocol, Leg):
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self.parser = wire.FrameParser(SUPPORTED_RATES)
@@ -48,7 +49,8 @@ class AudioSocketConnection(asyncio.Protocol):
         self._audio_seen = False  # the first audio frame fixes the call's rate and format
         self.edge: RateEdge | None = None  # a wideband call's resamplers (server/wideband.py)
         self._slin = False  # a call exists and its audio is known to be slin: the fast path in data_received
-        self._relay_wanted = False  # the call may move to the C relay once its provider is connected
+        self._format: LegFormat | None = None  # the caller's audio, once its first frame is known
+        self._relay_wanted = False  # the call is offered to the C relay between frames until it is decided
         self._holds_slot = False
         self._paused = False
         self._closed = False
@@ -139,9 +141,8 @@ class AudioSocketConnection(asyncio.Protocol):
                 raise ProtocolError("bad_uuid", str(exc)) from None
             self.call = Call(self.ctx, call_uuid, self, "audiosocket", self.source)
             self._slin = False  # until the first audio frame says it is 8 kHz slin
-            self._relay_wanted = self.ctx.relays is not None and isinstance(self.call.session, StsSession)
+            self._relay_wanted = True
             self.task = asyncio.ensure_future(self.call.run())
-            self.task.add_done_callback(self._call_over)
         elif kind is Kind.DTMF:
             if call is None:
                 raise ProtocolError("dtmf_before_uuid", "DTMF received before the call identifier")
@@ -172,7 +173,9 @@ class AudioSocketConnection(asyncio.Protocol):
             self.edge = edge_for(rate, len(payload), self.ctx.settings, call_uuid)
         self._format_known = True
         self._slin = self.law is None and self.edge is None  # 8 kHz slin: the hot path, and the relay may take it
-        self._relay_wanted = self._relay_wanted and self._slin
+        self._format = LegFormat("audiosocket", self.law or "slin", self.edge.rate if self.edge is not None else 8000)
+        if self._relay_wanted and not self._slin:
+            self._try_relay()  # decided (and counted) now: this call's audio stays in Python
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         metrics.PROTOCOL_ERRORS.labels("audiosocket", exc.reason).inc()
@@ -206,16 +209,15 @@ class AudioSocketConnection(asyncio.Protocol):
             self._release()
         self.transport = None  # a relayed call's transport refers back to this protocol
 
-    def _call_over(self, task: asyncio.Task[str]) -> None:
-        """The call refers to this leg: forget it once it has ended, so neither keeps the other alive."""
-        self.call = None
-
     # --- the C relay (server/relay.py) ---
 
     def _try_relay(self) -> None:
-        assert self.call is not None and self.ctx.relays is not None
-        if self.ctx.relays.offer(self, self.call):
+        assert self.call is not None
+        if self.call.hand_over(self):
             self._relay_wanted = False
+
+    def handover_format(self) -> LegFormat | None:
+        return self._format
 
     def detachable(self) -> bool:
         """A slin call between frames, nothing unsent, not closing."""
@@ -246,6 +248,9 @@ class AudioSocketConnection(asyncio.Protocol):
         self._paused = False
 
     # --- Leg ---
+
+    def released(self) -> None:
+        self.call = None
 
     def send_frame(self, frame: bytes) -> None:
         transport = self.transport

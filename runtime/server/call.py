@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from avr_runtime.audio import pcm
 from avr_runtime.audio.buffer import AnalysisWindows, PlayoutBuffer
@@ -15,25 +15,19 @@ from avr_runtime.audio.pacer import Pacer
 from avr_runtime.audio.resample import Upsampler
 from avr_runtime.audio.vad import EnergyVad
 from avr_runtime.protocol.audiosocket import ErrorCode
+from avr_runtime.server import relay
 from avr_runtime.server.context import WorkerContext
+from avr_runtime.server.leg import Leg
 from avr_runtime.services import metrics, tracing
+from avr_runtime.services.handover import MOVE, Facts, Outcome, Stay, decide
 from avr_runtime.services.pool import ProviderUnavailable
 from avr_runtime.services.providers.base import ProviderSession
+from avr_runtime.services.providers.sts import StsSession
 
 if TYPE_CHECKING:
     from avr_runtime.server._relay import Relay
 
 log = logging.getLogger("avr_runtime.call")
-
-
-class Leg(Protocol):
-    """The caller's side of a call (AudioSocket connection or WebSocket stream)."""
-
-    def send_frame(self, frame: bytes) -> None:
-        """One 20 ms frame of PCM16 8 kHz for the caller."""
-
-    def hang_up(self, reason: str, error_code: int | None) -> None:
-        """End the connection; ``error_code`` set when the call ends because of a failure."""
 
 
 _observe_frame = metrics.FRAME_LATENCY.observe
@@ -78,6 +72,7 @@ class Call:
         self._frames_in = 0
         self._first_audio = 0.0  # monotonic time of the provider's first audio in Python (the relay keeps its own)
         self._relay: Relay | None = None  # once the call's audio runs in the compiled data plane (relay.py)
+        self._handover: Outcome | None = None  # once the handover is decided for good, and counted
         # local barge-in detection: the HTTP chain has no provider-side VAD
         self._vad: EnergyVad | None = None
         self._windows: AnalysisWindows | None = None
@@ -143,9 +138,50 @@ class Call:
     def on_turn_latency(self, seconds: float) -> None:
         metrics.TURN_LATENCY.observe(seconds)
 
+    # --- the handover to the compiled data plane ---
+
+    def hand_over(self, leg: Leg) -> bool:
+        """Offer the call to the data plane; True once there is no point in offering again: it moved, or it stays
+        in Python for a reason, counted. The legs call this until then, between frames."""
+        if self._handover is not None:
+            return True
+        outcome = decide(self._handover_facts())
+        if outcome is not MOVE:
+            self._settle(outcome)
+            return True
+        relays = self.ctx.relays
+        if relays is None:  # the engine is held back (tests that hand calls over themselves)
+            return False
+        try:
+            return relays.offer(leg, self)
+        except OSError as exc:
+            log.warning("call %s: not relayed: %s", self.uuid, exc, extra={"uuid": self.uuid})
+            self._settle(Stay.ERROR)
+            return True
+
+    def _handover_facts(self, ended: bool = False) -> Facts:
+        session = self.session
+        sts = session if isinstance(session, StsSession) else None
+        return Facts(
+            fast_path=self.ctx.settings.fast_path,
+            built=relay.AVAILABLE,
+            provider="sts" if sts is not None else "chain" if session is not None else "none",
+            provider_url=sts.url if sts is not None else None,
+            leg=self.leg.handover_format(),
+            provider_ended=session is not None and session.ended.done(),
+            call_ended=ended or self._ended.done(),
+        )
+
+    def _settle(self, outcome: Outcome) -> None:
+        """The handover's final outcome: counted once per call, the first one to be known."""
+        if self._handover is None:
+            self._handover = outcome
+            metrics.count_handover(outcome)
+
     def relayed(self, relay: Relay) -> None:
         """The call's audio now flows in the C relay, which has taken over the pacer's grid."""
         self._relay = relay
+        self._settle(MOVE)
 
     # --- out ---
 
@@ -211,12 +247,7 @@ class Call:
 
     async def _refuse(self, reason: str, code: ErrorCode) -> str:
         """End a call that never started (no provider session was opened)."""
-        self.pacer.stop()
-        if self.session is not None:
-            with contextlib.suppress(Exception):
-                await self.session.close()
-        self.leg.hang_up(reason, code)
-        self.ctx.remove_call(self)
+        await self._release(reason, code)
         return reason
 
     async def run(self) -> str:
@@ -225,12 +256,10 @@ class Call:
         with tracing.TRACER.start_as_current_span("call", attributes=attributes) as span:
             reason = await self._run()
             span.set_attribute("avr.call.end_reason", reason)
-            first = self._first_audio or (self._relay.first_audio if self._relay is not None else 0.0)
-            if first:  # a span of its own: from the call's start to the provider's first audio
+            if first := self._first_audio:  # a span of its own: from the call's start to the provider's first audio
                 tracing.TRACER.start_span("first_audio", start_time=tracing.epoch_ns(self._started)).end(
                     end_time=tracing.epoch_ns(first)
                 )
-            self._let_go()
             return reason
 
     async def _run(self) -> str:
@@ -263,20 +292,12 @@ class Call:
                     reason = session.ended.result()
                     failed = reason != "provider_closed"  # a provider that says goodbye is not a failure
         finally:
-            self.pacer.stop()
-            if self._relay is not None:
-                self._relay.stop()
-            if self.session is not None:
-                with contextlib.suppress(Exception):
-                    await self.session.close()
-            self.leg.hang_up(reason, ErrorCode.PROVIDER_UNAVAILABLE if failed else None)
-            ctx.remove_call(self)
+            await self._release(reason, ErrorCode.PROVIDER_UNAVAILABLE if failed else None)
             metrics.CALLS_ENDED.labels(reason.split(":")[0]).inc()
             duration = time.monotonic() - self._started
             metrics.CALL_DURATION.observe(duration)
-            first = self._first_audio or (self._relay.first_audio if self._relay is not None else 0.0)
-            if first:
-                metrics.FIRST_AUDIO.observe(first - self._started)
+            if self._first_audio:
+                metrics.FIRST_AUDIO.observe(self._first_audio - self._started)
             log.info(
                 "call ended",
                 extra={
@@ -284,19 +305,38 @@ class Call:
                     "leg": self.leg_name,
                     "reason": reason,
                     "duration_s": round(duration, 3),
-                    "frames_in": self._frames_in + (self._relay.frames_in if self._relay is not None else 0),
+                    "frames_in": self._frames_in,
                 },
             )
             ctx.emit(self.uuid, "call_ended", {"reason": reason, "duration": round(duration, 3)})
         return reason
 
-    def _let_go(self) -> None:
-        """Break the references between the call's parts once it is over (the session's listener is this call,
-        the relay's protocols are its connections), so reference counting frees them at once: left to the cyclic
-        collector, every ended call's objects would reach its oldest generation, whose full collections stall
-        the event loop in proportion to it."""
+    async def _release(self, reason: str, error_code: int | None) -> None:
+        """The one place a call lets go of what it holds, whichever way it ended (refused, hung up, failed,
+        cancelled): the pacer, the engine's relay (what it counted is kept), the provider session, the caller's
+        connection and the call's entry in the worker; an undecided handover is settled. Then the references
+        between the parts are broken (the session's listener is this call, the relay's protocols are its
+        connections), so reference counting frees them at once: left to the cyclic collector, every ended call's
+        objects would reach its oldest generation, whose full collections stall the event loop in proportion to
+        it."""
         self.pacer.close()
-        if self.session is not None:
-            self.session.release()
-        self.session = None
-        self._relay = None
+        plane = self._relay
+        if plane is not None:
+            plane.stop()
+            self._first_audio = self._first_audio or plane.first_audio
+            self._frames_in += plane.frames_in
+        session = self.session
+        try:
+            if session is not None:
+                with contextlib.suppress(Exception):
+                    await session.close()
+        finally:
+            self.leg.hang_up(reason, error_code)
+            self.ctx.remove_call(self)
+            if self._handover is None:
+                self._settle(decide(self._handover_facts(ended=True)))
+            if session is not None:
+                session.release()
+            self.session = None
+            self._relay = None
+            self.leg.released()

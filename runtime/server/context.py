@@ -41,7 +41,7 @@ class WorkerContext:
     directory: CallDirectory  # /call metadata, here or on a peer
     clock: SlotClock  # shared by every call's pacer
     webhooks: WebhookSender | None = None
-    relays: Relays | None = None  # the C data plane, when built and enabled
+    relays: Relays | None = None  # the C data plane, when built and enabled (FAST_PATH)
     pod_cost: PodDeletionCost | None = None
     asr: HttpPool | None = None
     llm: HttpPool | None = None
@@ -86,7 +86,7 @@ class WorkerContext:
             ctx.asr = HttpPool("asr", size, policy, limited=False)
             ctx.llm = HttpPool("llm", size, policy)
             ctx.tts = TtsClient(HttpPool("tts", size, policy), settings.tts_url, settings.tts_voice, ctx.cache)
-        if settings.fast_path and relay.AVAILABLE and settings.sts_url and settings.sts_url.startswith("ws://"):
+        if settings.fast_path and relay.AVAILABLE:  # calls may move at all; which do is handover.decide's, per call
             ctx.relays = Relays(
                 asyncio.get_running_loop(), websocket.DEFAULT_MAX_MESSAGE, settings.fast_path_poll_ms / 1000
             )

@@ -1,24 +1,24 @@
 """The call data plane in C, for calls in their steady state (``_relay.c`` says why and what it does).
 
 A call is handed over when its caller's leg is slin AudioSocket audio or a mono Opus stream client (whose libopus
-encoder and decoder go along), its provider is STS over plain ``ws://``, and both connections sit at a frame
-boundary with nothing waiting to be written; the pacer's grid and state and the queued audio go with it, so the
-caller hears no gap and no burst. From then on the engine owns both sockets: caller audio goes to the provider and
-provider audio is paced to the caller in C. The Python protocol objects stay in charge of everything else (DTMF,
-hang-ups, provider events, pings, the close handshake, protocol errors): the engine hands them those bytes, and
-their writes go through a ``RelayTransport``. Without the compiled module (no C compiler at install time) calls
-stay in Python.
+encoder and decoder go along) and its provider is STS over plain ``ws://`` (services/handover.py decides, once per
+call), and both connections sit at a frame boundary with nothing waiting to be written; the pacer's grid and state and
+the queued audio go with it, so the caller hears no gap and no burst. From then on the engine owns both sockets: caller
+audio goes to the provider and provider audio is paced to the caller in C. The Python protocol objects stay in charge of
+everything else (DTMF, hang-ups, provider events, pings, the close handshake, protocol errors): the engine hands them
+those bytes, and their writes go through a ``RelayTransport``. Without the compiled module (no C compiler at install
+time) calls stay in Python.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from avr_runtime.audio.buffer import Overflow
+from avr_runtime.server.leg import Leg
 from avr_runtime.services import metrics
 from avr_runtime.services.providers.sts import StsSession
 
@@ -32,26 +32,9 @@ if TYPE_CHECKING:
     from avr_runtime.server.call import Call
     from avr_runtime.services.providers.wsclient import WebSocketConnection
 
-log = logging.getLogger(__name__)
-
 AVAILABLE: Final = _relay is not None
 AS: Final = 0  # the caller's side of a relay (AudioSocket, or the Opus stream leg)
 WS: Final = 1  # the provider WebSocket side
-
-
-class CallerLeg(Protocol):
-    """What a caller's connection offers to be relayed (server/audiosocket.py, server/stream.py)."""
-
-    transport: asyncio.Transport | None
-
-    def detachable(self) -> bool:
-        """At a frame boundary, nothing held back, not closing: the socket can change hands now."""
-
-    def relayed(self, transport: asyncio.Transport) -> None:
-        """From now on ``transport`` writes, and the engine calls ``data_received`` with what it does not handle."""
-
-    def relay_options(self) -> dict[str, Any]:
-        """Engine.add's arguments for this kind of leg (none for a slin AudioSocket)."""
 
 
 class _Detached(asyncio.Protocol):
@@ -127,21 +110,16 @@ class Relays:
         self.engine = _relay.Engine(metrics.FRAME_LATENCY.bounds, max_message, poll_interval)
         loop.add_reader(self.engine.fileno(), self.engine.run)
 
-    def offer(self, leg: CallerLeg, call: Call) -> bool:
-        """Move the call into the engine if it can go now; True once there is no point in offering again."""
+    def offer(self, leg: Leg, call: Call) -> bool:
+        """Move the call into the engine if it can go now (``handover.decide`` has said it may: Call.hand_over);
+        False to try again later. An OSError (no descriptor left) leaves the call in Python, untouched."""
         session = call.session
-        if not isinstance(session, StsSession) or session.ended.done():
-            return True
-        conn = session.connection
+        conn = session.connection if isinstance(session, StsSession) else None
         if conn is None:
             return False  # still connecting
-        try:
-            return self.take_over(leg, conn, call)
-        except OSError as exc:
-            log.warning("call %s: not relayed: %s", call.uuid, exc, extra={"uuid": call.uuid})
-            return True
+        return self.take_over(leg, conn, call)
 
-    def take_over(self, leg: CallerLeg, conn: WebSocketConnection, call: Call) -> bool:
+    def take_over(self, leg: Leg, conn: WebSocketConnection, call: Call) -> bool:
         """Move the call into the engine if both connections are at a clean point now; False to try again later."""
         as_transport, ws_transport = leg.transport, conn.transport
         if as_transport is None or ws_transport is None or not leg.detachable() or not conn.detachable():

@@ -28,8 +28,9 @@ from avr_runtime.config import Codec, Settings
 from avr_runtime.protocol import websocket as wire
 from avr_runtime.server.call import Call
 from avr_runtime.server.context import WorkerContext
+from avr_runtime.server.leg import Leg
 from avr_runtime.services import metrics
-from avr_runtime.services.providers.sts import StsSession
+from avr_runtime.services.handover import LegFormat
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +109,9 @@ class StreamCodec:
         return packet
 
     @property
-    def relayable(self) -> bool:
-        """Whether the compiled data plane can carry this leg: Opus, mono (``_relay.c`` has no other codec)."""
-        return self._enc is not None and self._dec is not None and self.channels == 1
+    def format(self) -> LegFormat:
+        """What ``handover.decide`` reads of this leg (the data plane carries mono Opus only)."""
+        return LegFormat("stream", self.codec.value, self.rate, self.channels)
 
     def relay_options(self, queue_frames: int) -> dict[str, Any]:
         """What the data plane needs to go on where this codec stands: libopus's own encoder and decoder (their
@@ -128,7 +129,7 @@ class StreamCodec:
         }
 
 
-class StreamConnection(asyncio.Protocol):
+class StreamConnection(asyncio.Protocol, Leg):
     """The stream leg after the WebSocket handshake, on a Protocol of its own instead of aiohttp's reader and writer.
 
     aiohttp answers the upgrade; then this object takes the socket (``transport.set_protocol``), so a frame in is
@@ -147,7 +148,7 @@ class StreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = wire.FrameParser(MAX_MESSAGE, from_client=True)
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.relay_wanted = False  # set by the handler when the call may move to the C relay
+        self.relay_wanted = False  # set by the handler: the call is offered to the C relay until it is decided
         self._held: deque[bytes] = deque()
         self._limit = queue_frames
         self._http = http  # aiohttp's protocol for this connection: told when the connection ends
@@ -259,6 +260,9 @@ class StreamConnection(asyncio.Protocol):
 
     # --- Leg ---
 
+    def released(self) -> None:
+        self.call = None
+
     def send_text(self, data: bytes) -> None:
         self._write(wire.TEXT, data)
 
@@ -316,10 +320,12 @@ class StreamConnection(asyncio.Protocol):
     def relay_options(self) -> dict[str, Any]:
         return self.codec.relay_options(self._limit)
 
+    def handover_format(self) -> LegFormat:
+        return self.codec.format
+
     def _try_relay(self) -> None:
         call = self.call
-        relays = call.ctx.relays if call is not None else None
-        if call is None or relays is None or relays.offer(self, call):
+        if call is None or call.hand_over(self):
             self.relay_wanted = False
 
 
@@ -363,10 +369,9 @@ async def handle(request: web.Request, ctx: WorkerContext) -> web.StreamResponse
         conn.send_text(
             orjson.dumps({"type": "start", "uuid": call_uuid, "codec": codec.value, "sampleRate": stream_codec.rate})
         )
-        conn.relay_wanted = ctx.relays is not None and stream_codec.relayable and isinstance(call.session, StsSession)
+        conn.relay_wanted = True
         transport.resume_reading()
-        await call.run()
-        conn.call = None  # the call refers to its leg: neither keeps the other alive once it is over
+        await call.run()  # which ends with the leg's release(): neither keeps the other alive once it is over
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(conn.closed), CLOSE_WAIT + 1.0)
     finally:

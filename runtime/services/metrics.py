@@ -16,6 +16,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from avr_runtime.services.handover import Outcome, Stay
+
 _MS_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
 _REQ_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -47,6 +49,11 @@ PROTOCOL_ERRORS: Final = Counter(
 )
 CALLS_RELAYED: Final = Counter(
     "avr_calls_relayed_total", "Calls whose audio moved to the compiled data plane once in their steady state."
+)
+HANDOVERS: Final = Counter(
+    "avr_data_plane_handovers_total",
+    "Calls decided for the compiled data plane: moved, or stayed in Python (result python) with the reason.",
+    ["reason", "result"],
 )
 WIDEBAND_CALLS: Final = Counter(
     "avr_audiosocket_wideband_calls_total", "AudioSocket calls above 8 kHz, by format.", ["format"]
@@ -164,12 +171,23 @@ for _reason in ("hangup", "disconnected", "provider_closed", "provider_failed", 
     CALLS_ENDED.labels(_reason)
 for _scope in ("http", "call", "caller"):
     RATE_LIMITED.labels(_scope)
+HANDOVERS.labels(result="moved", reason="none")
+for _stay in Stay:
+    HANDOVERS.labels(result="python", reason=_stay.value)
 
 FRAMES_OUT_AUDIO: Final = FRAMES_OUT.labels("audio")
 FRAMES_OUT_SILENCE: Final = FRAMES_OUT.labels("silence")
 DROPPED_OVERFLOW: Final = FRAMES_DROPPED.labels("overflow")
 DROPPED_BARGEIN: Final = FRAMES_DROPPED.labels("bargein")
 DROPPED_BACKPRESSURE: Final = FRAMES_DROPPED.labels("backpressure")
+
+
+def count_handover(outcome: Outcome) -> None:
+    """One call's handover decision, once it is final (see services/handover.py)."""
+    if isinstance(outcome, Stay):
+        HANDOVERS.labels(result="python", reason=outcome.value).inc()
+    else:
+        HANDOVERS.labels(result="moved", reason="none").inc()
 
 
 @contextmanager

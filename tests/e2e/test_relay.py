@@ -97,6 +97,7 @@ async def test_a_steady_call_moves_to_the_data_plane_and_echoes_framed_and_paced
     assert w.metric("avr_frame_latency_seconds_bucket", {"le": "0.03"}) >= 0.9 * spoken, "played within 30 ms"
     assert w.metric("avr_calls_ended_total", {"reason": "hangup"}) == 1
     assert w.metric("avr_active_calls") == 0
+    assert w.handovers() == {"moved": 1.0}, "decided once, and counted as moved"
 
 
 def test_the_data_plane_is_built() -> None:
@@ -132,6 +133,7 @@ async def test_fast_path_off_keeps_calls_in_python(
     assert_echoed(speech, result.audio_frames)
     assert w.metric("avr_calls_relayed_total") == 0
     assert w.metric("avr_calls_ended_total", {"reason": "hangup"}) == 1
+    assert w.handovers() == {"fast_path_off": 1.0}, "the reason it stayed in Python is counted"
 
 
 async def test_dtmf_after_the_handover_reaches_the_provider_and_hangup_ends_cleanly(

@@ -88,6 +88,7 @@ async def test_opus_client_gets_its_speech_back_paced(
     assert ended["reason"] == "hangup" and ended["frames_in"] == sent
     assert w.metric("avr_calls_ended_total", {"reason": "hangup"}) == 1
     assert w.metric("avr_active_calls") == 0
+    assert w.handovers() == {"moved" if fast_path == "true" else "fast_path_off": 1.0}
     for _ in range(40):  # the handler returns once the client has closed
         if w.metric("avr_call_objects") == 0:
             break

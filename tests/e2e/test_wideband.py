@@ -115,6 +115,7 @@ async def test_a_wideband_call_is_never_relayed_while_8k_calls_are(
     wide = await call(w, speech16 * 2, frame_bytes=640, audio_type=SLIN16)
     await narrow
     assert w.metric("avr_calls_relayed_total") == 1, "the 8 kHz call moved to the data plane, the 16 kHz one did not"
+    assert w.handovers() == {"moved": 1.0, "wideband": 1.0}, "and why the 16 kHz one stayed is counted"
     back = replies(wide, 16000, 640)
     assert_paced(wide)
     rho, _ = best_match(samples(speech16 * 2), samples(b"".join(back)))

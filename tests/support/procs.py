@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from avr_runtime.client.audiosocket import CallResult
+from avr_runtime.services.handover import Stay
 
 
 def free_port() -> int:
@@ -71,6 +72,16 @@ class Proc:
             if key == want:
                 return float(value)
         return 0.0
+
+    def handovers(self) -> dict[str, float]:
+        """The data plane handover decisions counted so far: ``moved``, or each reason calls stayed in Python
+        (outcomes still at zero left out)."""
+        outcomes = [("moved", "none"), *(("python", reason.value) for reason in Stay)]
+        counted = {
+            reason: self.metric("avr_data_plane_handovers_total", {"result": result, "reason": reason})
+            for result, reason in outcomes
+        }
+        return {("moved" if reason == "none" else reason): n for reason, n in counted.items() if n}
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.popen.poll() is None:

@@ -76,6 +76,11 @@ class StsSession(ProviderSession):
         conn.closed.add_done_callback(self._connection_closed)
 
     @property
+    def url(self) -> str:
+        """The URL the session connects (or connected) to: STS_URL or the call's own, with its /call payload."""
+        return self._url
+
+    @property
     def connection(self) -> wsclient.WebSocketConnection | None:
         """The provider connection once it is open and the greeting has been sent."""
         return self._conn

@@ -138,7 +138,8 @@ class WebSocketConnection(asyncio.Protocol):
     # --- handing the socket to the C relay (server/relay.py) ---
 
     def detachable(self) -> bool:
-        """Open, plain TCP, between messages, nothing held back."""
+        """Open, between messages, nothing held back (whether the call may move at all, a TLS provider's not,
+        is ``handover.decide``'s)."""
         transport = self.transport
         return (
             self._open
@@ -148,7 +149,6 @@ class WebSocketConnection(asyncio.Protocol):
             and self._parser.idle
             and transport is not None
             and not transport.is_closing()
-            and transport.get_extra_info("sslcontext") is None
             and not self.closed.done()
         )
 
