@@ -89,7 +89,11 @@ def kube_apiserver(layout: Layout) -> list[str]:
     else:
         # Pods on a real node reach the API server through the `kubernetes` Service; it reaches their
         # kubelet (logs, exec) as the admin, whom the kubelet's AlwaysAllow lets through.
-        in_cluster = [f"--kubelet-client-certificate={pki.admin.cert}", f"--kubelet-client-key={pki.admin.key}"]
+        in_cluster = [
+            f"--kubelet-client-certificate={pki.admin.cert}",
+            f"--kubelet-client-key={pki.admin.key}",
+            "--kubelet-preferred-address-types=InternalIP",  # the node's name resolves nowhere
+        ]
     return [
         layout.binary("kube-apiserver"),
         f"--etcd-servers=http://127.0.0.1:{layout.ports.etcd_client}",

@@ -264,6 +264,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   # built locally by scripts/images: there is no registry to pull the usual one from
   sandbox_image = "{SANDBOX_IMAGE}"
   enable_unprivileged_ports = false
+  # Lowering a process's OOM score needs CAP_SYS_RESOURCE, which some sandboxes withhold: keep containers'
+  # scores at or above containerd's own instead of failing every sandbox.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"

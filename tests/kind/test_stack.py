@@ -230,7 +230,7 @@ async def _live_calls(host: str, port: int, audio: bytes, count: int, during: An
 
 def _whole(results: list[CallResult], audio: bytes) -> None:
     """No call cut short: each sent all its audio before its own hangup, and heard its whole echo."""
-    frames = len(audio) // 320 + 30  # the 0.6 s tail of silence
+    frames = -(-len(audio) // 320) + 30  # the last frame padded, then the 0.6 s tail of silence
     for result in results:
         assert result.frames_sent == frames and result.hangup and not result.errors, result
         assert_echoed(frames_of(audio), result.audio_frames)
