@@ -13,7 +13,9 @@
  * Conn.write, behind what the engine already queued.
  *
  */
-#include "common.h"
+#include "buffer.h"
+#include "reader.h"
+#include "websocket.h"
 
 #include <sys/epoll.h>
 #include <unistd.h>
@@ -92,23 +94,13 @@ static void give_python(Conn *c, const uint8_t *d, size_t n) { give_python_to(c-
 /* The reply to an audio message: the same text, unmasked, in one server frame. */
 static void echo_audio(Conn *c, const uint8_t *key, const uint8_t *payload, size_t len) {
     uint8_t stack[4096];
-    size_t hdr = len < 126 ? 2 : len < 65536 ? 4 : 10;
+    size_t hdr = ws_header_size(len, 0);
     uint8_t *frame = hdr + len <= sizeof stack ? stack : PyMem_Malloc(hdr + len);
     if (frame == NULL) {
         c->err = ENOMEM;
         return;
     }
-    frame[0] = 0x81;
-    if (hdr == 2) {
-        frame[1] = (uint8_t)len;
-    } else if (hdr == 4) {
-        frame[1] = 126;
-        frame[2] = (uint8_t)(len >> 8);
-        frame[3] = (uint8_t)len;
-    } else {
-        frame[1] = 127;
-        for (int i = 0; i < 8; i++) frame[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
-    }
+    ws_header(frame + hdr, 0x81, len, NULL);
     for (size_t i = 0; i < len; i++) frame[hdr + i] = payload[i] ^ key[i & 3];
     conn_write(c, frame, hdr + len);
     if (frame != stack) PyMem_Free(frame);
