@@ -34,6 +34,7 @@
 #include "websocket.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <sys/epoll.h>
 #include <sys/random.h>
 #include <sys/timerfd.h>

@@ -44,6 +44,7 @@ from relay_rig import (
     Peer,
     ProviderPeer,
     Recorder,
+    add_relay,
     audio_message,
     close_rig,
     pcm,
@@ -121,16 +122,15 @@ async def make_rig(request: pytest.FixtureRequest) -> AsyncIterator[MakeRig]:
         _, provider = await loop.create_connection(ProviderPeer, sock=ws_remote)
         as_proto, ws_proto = Recorder(), Recorder()
         now = time.monotonic()
-        relay = engine.add(
-            as_mine.detach(),
+        relay = add_relay(
+            engine,
+            {"fd": as_mine.detach(), "protocol": as_proto},
             ws_mine.detach(),
-            as_proto,
-            cast(Any, ws_proto),
+            ws_proto,
             next_slot=now + start_in,
             earliest=now,
             capacity=capacity,
             drop_newest=drop_newest,
-            period=PERIOD,
             margin=margin,
             max_slew=max_slew,
             grace_window=grace_window,
@@ -894,16 +894,15 @@ def test_a_polled_engine_is_not_woken_by_its_sockets_and_reads_them_on_its_timer
     as_mine, as_remote = tcp_pair()
     ws_mine, ws_remote = tcp_pair()
     now = time.monotonic()
-    engine.add(
-        as_mine.detach(),
+    add_relay(
+        engine,
+        {"fd": as_mine.detach(), "protocol": Recorder()},
         ws_mine.detach(),
         Recorder(),
-        cast(Any, Recorder()),
         next_slot=now + 60,  # no pacer slot during the test: only the poll timer may wake the engine
         earliest=now,
         capacity=10,
         drop_newest=False,
-        period=PERIOD,
         margin=MARGIN,
         max_slew=MAX_SLEW,
     )
@@ -948,21 +947,21 @@ async def test_add_refuses_a_bad_capacity_and_a_bad_descriptor_without_taking_th
     mine, remote = tcp_pair()
     fd = mine.detach()
     now = time.monotonic()
-    kw: dict[str, Any] = {
-        "next_slot": now,
-        "earliest": now,
-        "drop_newest": False,
-        "period": PERIOD,
-        "margin": MARGIN,
-        "max_slew": MAX_SLEW,
-    }
+    kw: dict[str, Any] = {"next_slot": now, "earliest": now, "margin": MARGIN, "max_slew": MAX_SLEW}
     try:
         with pytest.raises(ValueError, match="capacity"):
-            engine.add(fd, fd, Recorder(), cast(Any, Recorder()), capacity=0, **kw)
+            add_relay(engine, {"fd": fd, "protocol": Recorder()}, fd, Recorder(), capacity=0, **kw)
+        with pytest.raises(TypeError, match="capacity"):  # each dict's keys are checked
+            engine.add(
+                {"fd": fd, "protocol": Recorder()},
+                {"fd": fd, "protocol": cast(Any, Recorder())},
+                cast(Any, {"capcity": 10}),
+                {"period": PERIOD, "margin": MARGIN, "max_slew": MAX_SLEW, "next_slot": now, "earliest": now},
+            )
         bad = os.open(os.devnull, os.O_RDONLY)
         os.close(bad)  # a descriptor number that is surely closed
         with pytest.raises(OSError):
-            engine.add(fd, bad, Recorder(), cast(Any, Recorder()), capacity=10, **kw)
+            add_relay(engine, {"fd": fd, "protocol": Recorder()}, bad, Recorder(), capacity=10, **kw)
         assert engine.active() == 0
         # relay.py closes both descriptors itself when add() fails: the engine must not have closed them already
         os.fstat(fd)
@@ -1162,16 +1161,15 @@ def test_an_engine_nobody_refers_to_is_collected_with_its_relays_and_their_socke
     w_mine, w_remote = tcp_pair()
     now = time.monotonic()
     as_proto, ws_proto = Recorder(), Recorder()
-    relay = engine.add(
-        a_mine.detach(),
+    relay = add_relay(
+        engine,
+        {"fd": a_mine.detach(), "protocol": as_proto},
         w_mine.detach(),
-        as_proto,
-        cast(Any, ws_proto),
+        ws_proto,
         next_slot=now,
         earliest=now,
         capacity=10,
         drop_newest=False,
-        period=PERIOD,
         margin=MARGIN,
         max_slew=MAX_SLEW,
     )

@@ -142,22 +142,49 @@ static int side_init(Engine *e, Relay *r, int which, int fd, PyObject *protocol,
     return 0;
 }
 
-static PyObject *Engine_add(Engine *e, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"as_fd",   "ws_fd",         "as_protocol", "ws_protocol", "next_slot",   "earliest",
-                             "capacity", "drop_newest",  "period",      "margin",      "max_slew",    "talking",
-                             "grace",    "draining",     "backlog_ticks", "backlog_min", "backlog_max", "hiccup", "grace_window",
-                             "opus",     "silent_frames", "silence_packet", "out_cap",   "max_message", NULL};
-    int as_fd, ws_fd, capacity, drop_newest, talking = 0, grace = 0, draining = 0;
+/* One of Engine.add's dicts, parsed as keyword arguments are (its keys checked, their types converted): ``what``
+ * names it in errors. */
+static int parse_dict(PyObject *d, const char *what, const char *format, char **keys, ...) {
+    if (!PyDict_Check(d)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a dict", what);
+        return 0;
+    }
+    PyObject *none = PyTuple_New(0);
+    if (none == NULL) return 0;
+    va_list va;
+    va_start(va, keys);
+    int ok = PyArg_VaParseTupleAndKeywords(none, d, format, keys, va);
+    va_end(va);
+    Py_DECREF(none);
+    return ok;
+}
+
+/* Engine.add(caller, provider, playout, pacer): each leg's socket and protocol (and the caller leg's codec and
+ * bounds), the playout buffer's settings, and the pacer's settings with the state it carries on from (_relay.pyi
+ * documents the keys). */
+static PyObject *Engine_add(Engine *e, PyObject *args) {
+    static char *caller_keys[] = {"fd", "protocol", "opus", "silent_frames", "silence_packet", "out_cap",
+                                  "max_message", NULL};
+    static char *provider_keys[] = {"fd", "protocol", NULL};
+    static char *playout_keys[] = {"capacity", "drop_newest", NULL};
+    static char *pacer_keys[] = {"next_slot",   "earliest",    "period",        "margin",      "max_slew",
+                                 "grace_window", "talking",    "grace",         "draining",    "backlog_ticks",
+                                 "backlog_min", "backlog_max", "hiccup",        NULL};
+    PyObject *caller, *provider, *playout, *pacer;
+    if (!PyArg_ParseTuple(args, "OOOO:add", &caller, &provider, &playout, &pacer)) return NULL;
+    int as_fd, ws_fd, capacity, drop_newest = 0, talking = 0, grace = 0, draining = 0;
     int backlog_ticks = 0, backlog_min = 0, backlog_max = 0, hiccup = 0, silent_frames = 0;
     PyObject *as_proto, *ws_proto, *opus = Py_None;
     Py_buffer silence = {0};
     Py_ssize_t out_cap = OUT_CAP, max_message = 64 * 1024;
     unsigned long long enc_fn = 0, enc = 0, dec_fn = 0, dec = 0;
     double next, earliest, period, margin, max_slew, grace_window = -1.0; /* < 0: the margin, as Pacer's default */
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiOOddipddd|pppiiiid$Oiy*nn", kwlist, &as_fd, &ws_fd, &as_proto,
-                                     &ws_proto, &next, &earliest, &capacity, &drop_newest, &period, &margin, &max_slew,
-                                     &talking, &grace, &draining, &backlog_ticks, &backlog_min, &backlog_max,
-                                     &hiccup, &grace_window, &opus, &silent_frames, &silence, &out_cap, &max_message))
+    if (!parse_dict(provider, "provider", "iO:provider", provider_keys, &ws_fd, &ws_proto) ||
+        !parse_dict(playout, "playout", "i|p:playout", playout_keys, &capacity, &drop_newest) ||
+        !parse_dict(pacer, "pacer", "ddddd|dpppiiii:pacer", pacer_keys, &next, &earliest, &period, &margin, &max_slew,
+                    &grace_window, &talking, &grace, &draining, &backlog_ticks, &backlog_min, &backlog_max, &hiccup) ||
+        !parse_dict(caller, "caller", "iO|Oiy*nn:caller", caller_keys, &as_fd, &as_proto, &opus, &silent_frames,
+                    &silence, &out_cap, &max_message))
         return NULL;
     PyObject *owner = NULL;
     int bad_opus = opus != Py_None &&
@@ -189,20 +216,22 @@ static PyObject *Engine_add(Engine *e, PyObject *args, PyObject *kwds) {
     r->side[0].fd = r->side[1].fd = -1;
     r->playout.capacity = capacity;
     r->playout.drop_newest = drop_newest;
-    r->pacer.period = period;
-    r->pacer.margin = margin;
-    r->pacer.grace_window = grace_window < 0 ? margin : grace_window;
-    r->pacer.max_slew = max_slew;
-    r->pacer.next = next;
-    r->pacer.earliest = earliest;
-    r->pacer.talking = talking;
-    r->pacer.grace = grace;
-    r->pacer.draining = draining;
-    r->pacer.backlog_ticks = backlog_ticks;
-    r->pacer.backlog_min = backlog_min;
-    r->pacer.backlog_max = backlog_max;
-    r->pacer.hiccup = hiccup;
-    r->pacer.running = 1;
+    r->pacer = (Pacer){
+        .running = 1,
+        .period = period,
+        .margin = margin,
+        .grace_window = grace_window < 0 ? margin : grace_window,
+        .max_slew = max_slew,
+        .next = next,
+        .earliest = earliest,
+        .talking = talking,
+        .grace = grace,
+        .draining = draining,
+        .backlog_ticks = backlog_ticks,
+        .backlog_min = backlog_min,
+        .backlog_max = backlog_max,
+        .hiccup = hiccup,
+    };
     if (opus != Py_None) {
         r->caller = CALLER_OPUS_STREAM;
         r->opus_owner = Py_NewRef(owner);
@@ -341,7 +370,7 @@ static PyMethodDef Engine_methods[] = {
     {"run", (PyCFunction)Engine_run, METH_NOARGS, "Handle ready sockets and due pacer slots (the fd's reader)."},
     {"fileno", (PyCFunction)Engine_fileno, METH_NOARGS, "The epoll descriptor to register as a reader."},
     {"take", (PyCFunction)Engine_take, METH_NOARGS, "Counters since the last call, then reset."},
-    {"add", (PyCFunction)(void (*)(void))Engine_add, METH_VARARGS | METH_KEYWORDS, "Relay a call; returns a Relay."},
+    {"add", (PyCFunction)Engine_add, METH_VARARGS, "add(caller, provider, playout, pacer) -> Relay: relay a call."},
     {"close", (PyCFunction)Engine_close, METH_NOARGS, "Close every relayed socket."},
     {"active", (PyCFunction)Engine_len, METH_NOARGS, "How many calls are relayed."},
     {NULL}};
