@@ -64,6 +64,26 @@ class Relay:
     def clear(self) -> int: ...
     def stop(self) -> None: ...
 
+class Pacer:
+    """The relay's pacer and playout buffer stepped by hand, ``now`` given at each step (for the specification's
+    tests). A step returns what it played: (frame, seconds it waited), (None, None) for silence, or None."""
+
+    next: float  # when the next slot is due: call tick() then
+    queued: int
+    counts: dict[str, int]  # late, dropped_latency, dropped_overflow
+    def __init__(
+        self,
+        capacity: int,
+        period: float,
+        margin: float,
+        grace: float,
+        max_slew: float,
+        start: float,
+        drop_newest: bool = False,
+    ) -> None: ...
+    def tick(self, now: float, /) -> tuple[bytes, float] | tuple[None, None] | None: ...
+    def push(self, pcm: bytes, now: float, /) -> tuple[bytes, float] | tuple[None, None] | None: ...
+
 class Engine:
     def __init__(self, latency_buckets: Sequence[float], max_message: int, poll_interval: float = 0.0) -> None: ...
     def run(self) -> None: ...

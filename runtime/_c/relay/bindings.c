@@ -1,4 +1,5 @@
-/* The Relay type (one call, as Python sees it after the handover) and the module. Part of _relay.c. */
+/* The Relay type (one call, as Python sees it after the handover), the pacer's test object and the module. Part of
+ * _relay.c. */
 
 static int side_arg(PyObject *arg) {
     long w = PyLong_AsLong(arg);
@@ -208,17 +209,120 @@ static PyTypeObject RelayType = {
     .tp_getset = Relay_getset,
 };
 
+/* ---------------------------------------------------------------- Pacer: the pacer's core on a clock of the caller's */
+
+/* The pacer's pure core and a playout buffer of its own, stepped by hand with the time given: what the tests
+ * replay the pacer's specification through (tests/vectors/pacer/), beside audio/pacer.py on the same virtual
+ * clock. The engine's relays run this same core. */
+typedef struct {
+    PyObject_HEAD
+    Pacer pacer;
+    Playout playout;
+    unsigned long long late, dropped_latency, dropped_overflow;
+} PacerObject;
+
+static int PacerObject_init(PacerObject *o, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"capacity", "period", "margin", "grace", "max_slew", "start", "drop_newest", NULL};
+    int capacity, drop_newest = 0;
+    double period, margin, grace, max_slew, start;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iddddd|p", kwlist, &capacity, &period, &margin, &grace, &max_slew,
+                                     &start, &drop_newest))
+        return -1;
+    if (capacity < 1) {
+        PyErr_SetString(PyExc_ValueError, "capacity must be positive");
+        return -1;
+    }
+    playout_free(&o->playout);
+    o->playout = (Playout){.capacity = capacity, .drop_newest = drop_newest};
+    /* as Pacer.start: the first slot now, no send before it to keep a distance from */
+    o->pacer = (Pacer){.running = 1, .period = period, .margin = margin, .grace_window = grace < 0 ? margin : grace,
+                       .max_slew = max_slew, .next = start};
+    o->late = o->dropped_latency = o->dropped_overflow = 0;
+    return 0;
+}
+
+/* What a step played, as Pacer's send gets it: (frame, seconds it waited) or (None, None) for silence; None when
+ * the step played nothing. */
+static PyObject *pacer_object_result(PacerObject *o, const PacerStep *st) {
+    o->late += (unsigned long long)st->late;
+    o->dropped_latency += (unsigned long long)st->dropped_latency;
+    o->dropped_overflow += (unsigned long long)st->dropped_overflow;
+    if (!st->play) Py_RETURN_NONE;
+    if (st->frame == NULL) return Py_BuildValue("(OO)", Py_None, Py_None);
+    return Py_BuildValue("(y#d)", (const char *)st->frame, (Py_ssize_t)FRAME, st->waited);
+}
+
+static PyObject *PacerObject_tick(PacerObject *o, PyObject *arg) {
+    double now = PyFloat_AsDouble(arg);
+    if (now == -1.0 && PyErr_Occurred()) return NULL;
+    PacerStep st = {0};
+    pacer_tick(&o->pacer, &o->playout, now, &st);
+    return pacer_object_result(o, &st);
+}
+
+static PyObject *PacerObject_push(PacerObject *o, PyObject *args) {
+    Py_buffer pcm;
+    double now;
+    if (!PyArg_ParseTuple(args, "y*d", &pcm, &now)) return NULL;
+    PacerStep st = {0};
+    pacer_push(&o->pacer, &o->playout, pcm.buf, (size_t)pcm.len, now, &st);
+    PyBuffer_Release(&pcm);
+    return pacer_object_result(o, &st);
+}
+
+static PyObject *PacerObject_get_next(PacerObject *o, void *Py_UNUSED(closure)) {
+    return PyFloat_FromDouble(o->pacer.next);
+}
+
+static PyObject *PacerObject_get_queued(PacerObject *o, void *Py_UNUSED(closure)) {
+    return PyLong_FromLong(o->playout.count);
+}
+
+static PyObject *PacerObject_get_counts(PacerObject *o, void *Py_UNUSED(closure)) {
+    return Py_BuildValue("{sKsKsK}", "late", o->late, "dropped_latency", o->dropped_latency, "dropped_overflow",
+                         o->dropped_overflow);
+}
+
+static void PacerObject_dealloc(PacerObject *o) {
+    playout_free(&o->playout);
+    Py_TYPE(o)->tp_free((PyObject *)o);
+}
+
+static PyMethodDef PacerObject_methods[] = {
+    {"tick", (PyCFunction)PacerObject_tick, METH_O, "tick(now): the slot at `next` is due; what it played."},
+    {"push", (PyCFunction)PacerObject_push, METH_VARARGS, "push(pcm, now): provider audio arrived; what it played."},
+    {NULL}};
+
+static PyGetSetDef PacerObject_getset[] = {
+    {"next", (getter)PacerObject_get_next, NULL, "When the next slot is due.", NULL},
+    {"queued", (getter)PacerObject_get_queued, NULL, "Whole frames in the playout buffer.", NULL},
+    {"counts", (getter)PacerObject_get_counts, NULL, "Late slots and dropped frames so far.", NULL},
+    {NULL}};
+
+static PyTypeObject PacerObjectType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "avr_runtime.server._relay.Pacer",
+    .tp_basicsize = sizeof(PacerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The relay's pacer and playout buffer, stepped by hand on a clock of the caller's (for tests).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)PacerObject_init,
+    .tp_dealloc = (destructor)PacerObject_dealloc,
+    .tp_methods = PacerObject_methods,
+    .tp_getset = PacerObject_getset,
+};
+
 static struct PyModuleDef relay_module = {
     PyModuleDef_HEAD_INIT, "avr_runtime.server._relay", "The call data plane in C (see relay.py).", -1, NULL,
 };
 
 PyMODINIT_FUNC PyInit__relay(void) {
     b64_init();
-    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&RelayType) < 0) return NULL;
+    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&RelayType) < 0 || PyType_Ready(&PacerObjectType) < 0) return NULL;
     PyObject *m = PyModule_Create(&relay_module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "Engine", (PyObject *)&EngineType) < 0 ||
-        PyModule_AddObjectRef(m, "Relay", (PyObject *)&RelayType) < 0 || PyModule_AddIntConstant(m, "AS", SIDE_AS) < 0 ||
+        PyModule_AddObjectRef(m, "Relay", (PyObject *)&RelayType) < 0 ||
+        PyModule_AddObjectRef(m, "Pacer", (PyObject *)&PacerObjectType) < 0 || PyModule_AddIntConstant(m, "AS", SIDE_AS) < 0 ||
         PyModule_AddIntConstant(m, "WS", SIDE_WS) < 0) {
         Py_DECREF(m);
         return NULL;
