@@ -35,6 +35,32 @@ static int bad_client_header(uint8_t b0, uint8_t b1, uint64_t len, size_t max) {
     return (b0 & 0x70) || !(b1 & 0x80) || !valid_opcode(op) || (op >= 8 && (!fin || len > 125)) || len > max;
 }
 
+/* A whole client frame at the front of the input. */
+typedef struct {
+    int fin, op;
+    uint64_t len;        /* the payload's */
+    size_t hdr, size;    /* the header's (up to the masking key, or past it in a whole frame), the frame's */
+    const uint8_t *key, *payload;
+} ClientFrame;
+
+/* Where every parser of client frames starts (at least 2 bytes available): 1 for a whole frame in ``f``, 0 while
+ * it is incomplete, -1 for a header that breaks the rules or the size limit (``f->hdr`` bytes, which the caller
+ * hands alone to Python's parser, which refuses them with the right close code). */
+static int client_frame(const uint8_t *p, size_t n, size_t max, ClientFrame *f) {
+    uint8_t b0 = p[0], b1 = p[1];
+    f->fin = b0 & 0x80;
+    f->op = b0 & 0x0F;
+    f->hdr = frame_length(p, n, &f->len);
+    if (f->hdr == 0) return 0;
+    if (bad_client_header(b0, b1, f->len, max)) return -1;
+    f->hdr += 4; /* the masking key */
+    if (n < f->hdr || n - f->hdr < f->len) return 0;
+    f->key = p + f->hdr - 4;
+    f->payload = p + f->hdr;
+    f->size = f->hdr + (size_t)f->len;
+    return 1;
+}
+
 /* The size of the header of a frame of ``len`` payload bytes: the length in as few bytes as it takes, then the
  * masking key of a client frame. */
 static size_t ws_header_size(size_t len, int masked) {

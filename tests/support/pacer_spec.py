@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from avr_runtime.audio.buffer import Overflow, PlayoutBuffer
+from avr_runtime.audio.clock import Slot
 from avr_runtime.audio.pacer import Pacer
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "vectors" / "pacer"
@@ -108,17 +109,6 @@ class Replay:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-class _Handle:
-    __slots__ = ("callback", "cancelled")
-
-    def __init__(self, callback: Callable[[], None]) -> None:
-        self.callback = callback
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
 class VirtualLoop:
     """An event loop's timers on a virtual clock: callbacks run in the order of their time (the order they were
     scheduled in on a tie), each with the clock set to its time, or to the end of a stall it falls in."""
@@ -126,14 +116,14 @@ class VirtualLoop:
     def __init__(self, stalls: list[tuple[float, float]]) -> None:
         self.now = 0.0
         self._stalls = stalls
-        self._heap: list[tuple[float, int, _Handle]] = []
+        self._heap: list[tuple[float, int, Slot]] = []
         self._seq = 0
 
     def time(self) -> float:
         return self.now
 
-    def call_at(self, when: float, callback: Callable[[], None]) -> _Handle:
-        handle = _Handle(callback)
+    def call_at(self, when: float, callback: Callable[[], None]) -> Slot:
+        handle = Slot(callback)
         heapq.heappush(self._heap, (when, self._seq, handle))
         self._seq += 1
         return handle

@@ -204,33 +204,27 @@ static size_t parse_stream(Relay *r, const uint8_t *p, size_t n) {
     Side *s = &r->side[SIDE_AS];
     size_t pos = 0;
     while (n - pos >= 2 && !side_gone(s)) {
-        uint8_t b0 = p[pos], b1 = p[pos + 1];
-        int fin = b0 & 0x80, op = b0 & 0x0F;
-        uint64_t len;
-        size_t hdr = frame_length(p + pos, n - pos, &len);
-        if (hdr == 0) break;
-        if (bad_client_header(b0, b1, len, r->caller_max)) { /* the header alone, for Python to refuse */
-            give_python(s, p + pos, hdr);
-            pos += hdr;
+        ClientFrame f;
+        int whole = client_frame(p + pos, n - pos, r->caller_max, &f);
+        if (whole == 0) break;
+        if (whole < 0) { /* the header alone, for Python to refuse */
+            give_python(s, p + pos, f.hdr);
+            pos += f.hdr;
             continue;
         }
-        hdr += 4; /* the masking key */
-        if (n - pos < hdr || n - pos - hdr < len) break;
-        const uint8_t *key = p + pos + hdr - 4, *payload = p + pos + hdr;
-        size_t size = hdr + (size_t)len;
-        if (op == 2 && fin && !s->in_message && len > 0 && len <= OPUS_MAX_PACKET) {
+        if (f.op == 2 && f.fin && !s->in_message && f.len > 0 && f.len <= OPUS_MAX_PACKET) {
             uint8_t packet[OPUS_MAX_PACKET];
             int16_t pcm[OPUS_MAX_SAMPLES];
-            for (size_t i = 0; i < len; i++) packet[i] = payload[i] ^ key[i & 3];
-            int got = r->opus_decode(r->decoder, packet, (int32_t)len, pcm, OPUS_MAX_SAMPLES, 0);
+            for (size_t i = 0; i < f.len; i++) packet[i] = f.payload[i] ^ f.key[i & 3];
+            int got = r->opus_decode(r->decoder, packet, (int32_t)f.len, pcm, OPUS_MAX_SAMPLES, 0);
             if (got > 0) {
                 forward_audio(r, (const uint8_t *)pcm, (size_t)got * 2);
-                pos += size;
+                pos += f.size;
                 continue;
             }
         }
-        give_python_frame(s, p + pos, size, op, fin);
-        pos += size;
+        give_python_frame(s, p + pos, f.size, f.op, f.fin);
+        pos += f.size;
     }
     return side_gone(s) ? n : pos;
 }
