@@ -67,7 +67,7 @@ static int playout_append(Playout *b, const uint8_t *frame, double now) {
     return dropped;
 }
 
-static int playout_push(Playout *b, const uint8_t *d, size_t n, double now) {
+static inline int playout_push(Playout *b, const uint8_t *d, size_t n, double now) {
     size_t total = (size_t)b->partial_len + n;
     size_t whole = total - total % FRAME;
     if (whole < total && (whole || b->partial_len == 0)) b->partial_since = now;
