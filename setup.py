@@ -1,9 +1,13 @@
 """The compiled parts: the worker's call data plane (runtime/server/_relay.c) and the reference echo provider's
 (runtime/reference/_echo.c). Both optional: without a C compiler the package installs without them, the worker
-relays every call in Python (FAST_PATH has no effect) and the echo provider echoes in Python."""
+relays every call in Python (FAST_PATH has no effect) and the echo provider echoes in Python.
+
+Each module is one translation unit that includes its parts (runtime/_c/*.h shared by both, runtime/_c/relay/ the
+data plane's own), so every one of those files is a dependency of both: an edit to any of them rebuilds them."""
 
 import os
 import sys
+from pathlib import Path
 
 from setuptools import Extension, find_packages, setup
 
@@ -25,6 +29,7 @@ packages = [
 ]
 scripts = [f"{PACKAGES[name][1]} = {name}.cli:main" for name in selected]
 
+parts = sorted(str(p) for p in Path("runtime/_c").rglob("*") if p.suffix in (".c", ".h"))
 ext_modules = []
 if sys.platform == "linux":  # epoll and timerfd
     ext_modules += [
@@ -32,7 +37,7 @@ if sys.platform == "linux":  # epoll and timerfd
             name,
             sources=[source],
             include_dirs=["runtime/_c"],
-            depends=["runtime/_c/common.h"],
+            depends=parts,
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         )

@@ -27,12 +27,13 @@ class Slot:
 
 
 class SlotClock:
-    __slots__ = ("_buckets", "_loop", "_per_second", "resolution")
+    __slots__ = ("_buckets", "_loop", "_per_second", "resolution", "time")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, resolution: float = 0.001) -> None:
         if resolution <= 0:
             raise ValueError("resolution must be positive")
         self._loop = loop
+        self.time: Callable[[], float] = loop.time  # the loop's own clock, not a wrapper: read on every frame
         self.resolution = resolution
         self._per_second = 1.0 / resolution
         self._buckets: dict[int, list[Slot]] = {}

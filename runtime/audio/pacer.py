@@ -27,11 +27,19 @@ from collections.abc import Callable
 from typing import Final, NamedTuple, Protocol
 
 from avr_runtime.audio.buffer import PlayoutBuffer
-from avr_runtime.audio.clock import SlotClock
 
 
 class _Cancellable(Protocol):
     def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """What the pacer reads the time from and schedules its slots on: audio/clock.py's SlotClock in the worker, a
+    virtual clock in the tests that replay the pacer's specification."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> _Cancellable: ...
 
 
 LATE_AFTER: Final = 0.005
@@ -62,6 +70,10 @@ def _not_started(when: float, callback: Callable[[], None]) -> _Cancellable:
     raise RuntimeError("the pacer is not started")
 
 
+def _not_started_time() -> float:
+    raise RuntimeError("the pacer is not started")
+
+
 class Pacer:
     __slots__ = (
         "_backlog_max",
@@ -74,13 +86,13 @@ class Pacer:
         "_grace",
         "_handle",
         "_hiccup",
-        "_loop",
         "_next",
         "_on_drop",
         "_on_late",
         "_send",
         "_silence",
         "_talking",
+        "_time",
         "buffer",
         "grace",
         "margin",
@@ -100,9 +112,10 @@ class Pacer:
         max_slew: float = 0.005,
         on_late: Callable[[], None] | None = None,
         on_drop: Callable[[int], None] | None = None,
-        clock: SlotClock | None = None,
+        clock: Clock | None = None,
     ) -> None:
-        """``clock`` shares timers between the calls of a worker; without one each pacer has its own loop timer."""
+        """``clock`` shares timers between the calls of a worker (or is a test's virtual clock); without one each
+        pacer has its own timer on the running event loop."""
         self.buffer = buffer
         self.period = period
         self.margin = margin
@@ -112,8 +125,8 @@ class Pacer:
         self._silence = silence
         self._on_late = on_late
         self._on_drop = on_drop
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._clock = clock
+        self._time: Callable[[], float] = _not_started_time
         self._call_at: Callable[[float, Callable[[], None]], _Cancellable] = _not_started
         self._handle: _Cancellable | None = None
         self._next = 0.0
@@ -126,9 +139,12 @@ class Pacer:
         self._hiccup = 0  # slots after a late slot of ours or a silence frame for late audio: drain at once
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._call_at = self._clock.call_at if self._clock is not None else self._loop.call_at
-        self._next = self._loop.time()
+        if self._clock is not None:
+            self._time, self._call_at = self._clock.time, self._clock.call_at
+        else:
+            loop = asyncio.get_running_loop()
+            self._time, self._call_at = loop.time, loop.call_at
+        self._next = self._time()
         self._handle = self._call_at(self._next, self._tick)
 
     def stop(self) -> None:
@@ -164,10 +180,9 @@ class Pacer:
 
     def audio_arrived(self, was_empty: bool) -> None:
         """Call after pushing provider audio into the buffer."""
-        loop = self._loop
-        if loop is None or self._handle is None or not was_empty:
+        if self._handle is None or not was_empty:
             return
-        now = loop.time()
+        now = self._time()
         if self._grace:
             if not self.buffer:  # only part of a frame: wait for the rest until the grace ends (see _tick)
                 return
@@ -184,19 +199,18 @@ class Pacer:
 
     def _emit(self, anchor: float) -> None:
         """Send the next frame; the following slot is one period after ``anchor``."""
-        assert self._loop is not None
         item = self.buffer.pop()
         if item is None:
             self._send(self._silence, None)
             self._talking = False
             self._hiccup = 0
         else:
-            self._send(item[0], self._loop.time() - item[1])
+            self._send(item[0], self._time() - item[1])
             self._talking = True
             self._watch_backlog(len(self.buffer))
         # keep the grid (or run max_slew fast to drain a small backlog), unless this send was late: then the next
         # one may come only max_slew early
-        self._earliest = self._loop.time() + self.period - self.max_slew
+        self._earliest = self._time() + self.period - self.max_slew
         step = self.period - self.max_slew if self._draining else self.period
         self._next = max(anchor + step, self._earliest)
         self._handle = self._call_at(self._next, self._tick)
@@ -244,9 +258,7 @@ class Pacer:
             self._backlog_ticks = 0
 
     def _tick(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        now = loop.time()
+        now = self._time()
         slot = self._next
         if self._grace:  # grace expired with nothing whole to play
             self._grace = False

@@ -13,7 +13,9 @@
  * Conn.write, behind what the engine already queued.
  *
  */
-#include "common.h"
+#include "buffer.h"
+#include "reader.h"
+#include "websocket.h"
 
 #include <sys/epoll.h>
 #include <unistd.h>
@@ -92,23 +94,13 @@ static void give_python(Conn *c, const uint8_t *d, size_t n) { give_python_to(c-
 /* The reply to an audio message: the same text, unmasked, in one server frame. */
 static void echo_audio(Conn *c, const uint8_t *key, const uint8_t *payload, size_t len) {
     uint8_t stack[4096];
-    size_t hdr = len < 126 ? 2 : len < 65536 ? 4 : 10;
+    size_t hdr = ws_header_size(len, 0);
     uint8_t *frame = hdr + len <= sizeof stack ? stack : PyMem_Malloc(hdr + len);
     if (frame == NULL) {
         c->err = ENOMEM;
         return;
     }
-    frame[0] = 0x81;
-    if (hdr == 2) {
-        frame[1] = (uint8_t)len;
-    } else if (hdr == 4) {
-        frame[1] = 126;
-        frame[2] = (uint8_t)(len >> 8);
-        frame[3] = (uint8_t)len;
-    } else {
-        frame[1] = 127;
-        for (int i = 0; i < 8; i++) frame[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
-    }
+    ws_header(frame + hdr, 0x81, len, NULL);
     for (size_t i = 0; i < len; i++) frame[hdr + i] = payload[i] ^ key[i & 3];
     conn_write(c, frame, hdr + len);
     if (frame != stack) PyMem_Free(frame);
@@ -127,28 +119,22 @@ static size_t parse(void *owner, const uint8_t *p, size_t n) {
     Conn *c = owner;
     size_t pos = 0;
     while (n - pos >= 2 && !conn_gone(c)) {
-        uint8_t b0 = p[pos], b1 = p[pos + 1];
-        int fin = b0 & 0x80, op = b0 & 0x0F;
-        uint64_t len;
-        size_t hdr = frame_length(p + pos, n - pos, &len);
-        if (hdr == 0) break;
-        if (bad_client_header(b0, b1, len, c->echo->max_message)) { /* the header alone, for Python to refuse */
-            give_python(c, p + pos, hdr);
-            pos += hdr;
+        ClientFrame f;
+        int whole = client_frame(p + pos, n - pos, c->echo->max_message, &f);
+        if (whole == 0) break;
+        if (whole < 0) { /* the header alone, for Python to refuse */
+            give_python(c, p + pos, f.hdr);
+            pos += f.hdr;
             continue;
         }
-        hdr += 4; /* the masking key */
-        if (n - pos < hdr || n - pos - hdr < len) break;
-        const uint8_t *key = p + pos + hdr - 4, *payload = p + pos + hdr;
-        size_t size = hdr + (size_t)len;
-        if (op == 1 && fin && !c->in_message && is_audio(key, payload, len)) {
-            echo_audio(c, key, payload, (size_t)len);
+        if (f.op == 1 && f.fin && !c->in_message && is_audio(f.key, f.payload, f.len)) {
+            echo_audio(c, f.key, f.payload, (size_t)f.len);
         } else { /* a fragmented message is followed to its end: all its frames are Python's */
-            if (op == 1 || op == 2) c->in_message = !fin;
-            else if (op == 0 && fin) c->in_message = 0;
-            give_python(c, p + pos, size);
+            if (f.op == 1 || f.op == 2) c->in_message = !f.fin;
+            else if (f.op == 0 && f.fin) c->in_message = 0;
+            give_python(c, p + pos, f.size);
         }
-        pos += size;
+        pos += f.size;
     }
     return conn_gone(c) ? n : pos;
 }

@@ -28,7 +28,7 @@ except ImportError:  # built without a C compiler
     _relay = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from avr_runtime.server._relay import Relay
+    from avr_runtime.server._relay import CallerSide, Relay
     from avr_runtime.server.call import Call
     from avr_runtime.services.providers.wsclient import WebSocketConnection
 
@@ -139,26 +139,24 @@ class Relays:
             raise
         try:
             relay = self.engine.add(
-                as_fd,
-                ws_fd,
-                leg,
-                conn,
-                next_slot=state.next_slot,
-                earliest=state.earliest,
-                capacity=playout.capacity,
-                drop_newest=playout.policy is Overflow.DROP_NEWEST,
-                period=pacer.period,
-                margin=pacer.margin,
-                grace_window=pacer.grace,
-                max_slew=pacer.max_slew,
-                talking=state.talking,
-                grace=state.grace,
-                draining=state.draining,
-                backlog_ticks=state.backlog_ticks,
-                backlog_min=state.backlog_min,
-                backlog_max=state.backlog_max,
-                hiccup=state.hiccup,
-                **leg.relay_options(),
+                cast("CallerSide", {"fd": as_fd, "protocol": leg, **leg.relay_options()}),  # the leg's own keys
+                {"fd": ws_fd, "protocol": conn},
+                {"capacity": playout.capacity, "drop_newest": playout.policy is Overflow.DROP_NEWEST},
+                {
+                    "period": pacer.period,
+                    "margin": pacer.margin,
+                    "grace_window": pacer.grace,
+                    "max_slew": pacer.max_slew,
+                    "next_slot": state.next_slot,
+                    "earliest": state.earliest,
+                    "talking": state.talking,
+                    "grace": state.grace,
+                    "draining": state.draining,
+                    "backlog_ticks": state.backlog_ticks,
+                    "backlog_min": state.backlog_min,
+                    "backlog_max": state.backlog_max,
+                    "hiccup": state.hiccup,
+                },
             )
         except OSError:
             for fd in (as_fd, ws_fd):

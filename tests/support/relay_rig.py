@@ -11,11 +11,14 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from avr_runtime.protocol import audiosocket as wire
 from avr_runtime.protocol import websocket as ws
 from avr_runtime.services import metrics
+
+if TYPE_CHECKING:
+    from avr_runtime.server._relay import CallerSide, Engine, Relay
 
 PERIOD = 0.02
 MARGIN = 0.004
@@ -231,3 +234,33 @@ def close_rig(engine: Any, *peers: Peer) -> None:
     for peer in peers:
         if peer.transport is not None:
             peer.transport.abort()
+
+
+def add_relay(
+    engine: Engine,
+    caller: CallerSide,
+    ws_fd: int,
+    ws_protocol: object,
+    *,
+    next_slot: float,
+    earliest: float,
+    capacity: int,
+    drop_newest: bool = False,
+    margin: float = MARGIN,
+    max_slew: float = MAX_SLEW,
+    grace_window: float = -1.0,
+) -> Relay:
+    """Engine.add with the tests' pacer (a fresh one: no state carried over) and a provider leg of ``ws_fd``."""
+    return engine.add(
+        caller,
+        {"fd": ws_fd, "protocol": cast(Any, ws_protocol)},
+        {"capacity": capacity, "drop_newest": drop_newest},
+        {
+            "period": PERIOD,
+            "margin": margin,
+            "max_slew": max_slew,
+            "grace_window": grace_window,
+            "next_slot": next_slot,
+            "earliest": earliest,
+        },
+    )

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -24,8 +24,8 @@ from relay_rig import (
     MARGIN,
     MAX_MESSAGE,
     MAX_SLEW,
-    PERIOD,
     Recorder,
+    add_relay,
     audio_message,
     server_frame,
     take_client_frames,
@@ -80,16 +80,15 @@ def plane() -> Iterator[Plane]:
     ws_mine, ws_remote = tcp_pair()
     as_proto, ws_proto = Recorder(), Recorder()
     now = time.monotonic()
-    r = engine.add(
-        as_mine.detach(),
+    r = add_relay(
+        engine,
+        {"fd": as_mine.detach(), "protocol": as_proto},
         ws_mine.detach(),
-        as_proto,
-        cast(Any, ws_proto),
+        ws_proto,
         next_slot=now + 3600,  # no pacer slot: only the framing is under test
         earliest=now,
         capacity=100_000,
         drop_newest=False,
-        period=PERIOD,
         margin=MARGIN,
         max_slew=MAX_SLEW,
     )

@@ -16,7 +16,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import orjson
@@ -28,6 +28,7 @@ from relay_rig import (
     Peer,
     ProviderPeer,
     Recorder,
+    add_relay,
     audio_message,
     close_rig,
     server_frame,
@@ -44,6 +45,7 @@ from avr_runtime.server.stream import MAX_MESSAGE as STREAM_MAX_MESSAGE
 from avr_runtime.server.stream import StreamCodec
 
 if TYPE_CHECKING:
+    from avr_runtime.server._relay import CallerSide
     from avr_runtime.server._relay import Engine as EngineType
     from avr_runtime.server._relay import Relay as RelayType
 
@@ -146,19 +148,17 @@ async def make_rig(request: pytest.FixtureRequest) -> AsyncIterator[MakeStreamRi
             options["out_cap"] = out_cap
         client_proto, ws_proto = Recorder(), Recorder()
         now = time.monotonic()
-        relay = engine.add(
-            client_mine.detach(),
+        relay = add_relay(
+            engine,
+            cast("CallerSide", {"fd": client_mine.detach(), "protocol": client_proto, **options}),
             ws_mine.detach(),
-            client_proto,
-            cast(Any, ws_proto),
+            ws_proto,
             next_slot=now + start_in,
             earliest=now,
             capacity=500,
             drop_newest=False,
-            period=PERIOD,
             margin=0.004,
             max_slew=0.002,
-            **options,
         )
         rig = StreamRig(engine, relay, client, provider, client_proto, ws_proto, codec)
         made.append(rig)
