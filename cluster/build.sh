@@ -61,7 +61,7 @@ mkdir -p "$cache"
 work=$(mktemp -d "$cache/.build-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 mkdir "$work/bin"
-log "building $key into $dest (cold: about 10 minutes on 2 cores)"
+log "building $key into $dest (cold: about 15 minutes on 2 cores)"
 start=$SECONDS
 
 # The same version stamps upstream's release build sets, so /version and `kubectl version` report the release.

