@@ -246,7 +246,7 @@ def unmount_under(directory: Path) -> None:
         _run("umount", "--lazy", point, check=False)
 
 
-# -- configurations: pure functions, each says why it departs from the defaults ---
+# -- configurations: each says why it departs from the defaults (ports are picked free per run) ---
 
 
 def containerd_config(node_dir: Path, state: Path, cni_bin: Path) -> str:

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import orjson
+from echo_check import assert_echoed, frames_of
 from procs import Proc, ProviderFactory, WorkerFactory, http_json, paced_whole, sts_url
 
 from avr_runtime.client.audiosocket import CallResult, place_call
@@ -37,11 +38,6 @@ async def metric(proc: Proc, name: str, labels: dict[str, str] | None = None) ->
     return await asyncio.to_thread(proc.metric, name, labels)
 
 
-def frames_of(audio: bytes, size: int = 320) -> list[bytes]:
-    padded = audio + bytes(-len(audio) % size)
-    return [padded[i : i + size] for i in range(0, len(padded), size)]
-
-
 def assert_framed_and_paced(result: CallResult) -> None:
     assert result.hangup and result.errors == []
     assert result.audio_frames and all(len(f) == 320 for f in result.audio_frames)
@@ -51,13 +47,9 @@ def assert_framed_and_paced(result: CallResult) -> None:
     assert sum(1 for g in gaps if g < 10.0) <= len(gaps) * 0.02, "no bursts"
 
 
-def assert_echoed(sent: bytes, received: list[bytes]) -> None:
-    """Bit-exact echo: what came back is the sent speech, in order, nothing invented, and ≥ 90% of it."""
-    frames = frames_of(sent)
-    back = [f for f in received if f != SILENCE]
-    it = iter(frames)
-    assert all(f in it for f in back), "in order, nothing invented"
-    assert len(back) >= 0.9 * sum(1 for f in frames if f != SILENCE)
+def assert_speech_echoed(sent: bytes, received: list[bytes]) -> None:
+    """Bit-exact echo of the 8 kHz speech sent, in 320-byte frames."""
+    assert_echoed(frames_of(sent), received)
 
 
 def log_records(proc: Proc, message: str) -> list[dict[str, Any]]:
@@ -83,7 +75,7 @@ async def test_a_steady_call_moves_to_the_data_plane_and_echoes_framed_and_paced
     assert await metric(w, "avr_calls_relayed_total") == 1, "handed over within the first second"
     result = await task
     assert_framed_and_paced(result)
-    assert_echoed(speech, result.audio_frames)
+    assert_speech_echoed(speech, result.audio_frames)
     # every caller frame (and the probe) reached the provider, in Python before the handover and in C after it
     _, stats, _ = http_json(sts.url("/stats"))
     assert stats["sts_audio"] == result.frames_sent + 1
@@ -116,7 +108,7 @@ async def test_a_call_streaming_from_its_first_instant_is_handed_over_mid_reply(
     assert await metric(w, "avr_calls_relayed_total") == 1
     result = await task
     assert_framed_and_paced(result)
-    assert_echoed(speech, result.audio_frames)
+    assert_speech_echoed(speech, result.audio_frames)
     assert w.metric("avr_frames_dropped_total", {"reason": "overflow"}) == 0
     assert w.metric("avr_frames_dropped_total", {"reason": "latency"}) == 0
     (ended,) = log_records(w, "call ended")
@@ -130,7 +122,7 @@ async def test_fast_path_off_keeps_calls_in_python(
     w = worker(sts_url=sts_url(sts), fast_path="false")
     result = await steady_call(w, speech, tail_s=0.6)
     assert_framed_and_paced(result)
-    assert_echoed(speech, result.audio_frames)
+    assert_speech_echoed(speech, result.audio_frames)
     assert w.metric("avr_calls_relayed_total") == 0
     assert w.metric("avr_calls_ended_total", {"reason": "hangup"}) == 1
     assert w.handovers() == {"fast_path_off": 1.0}, "the reason it stayed in Python is counted"
@@ -185,7 +177,7 @@ async def test_malformed_input_after_the_handover_ends_only_that_call(
         assert warned["reason"] == reason and reason in warned["message"]
     result = await good
     assert_framed_and_paced(result)
-    assert_echoed(speech * 2, result.audio_frames)
+    assert_speech_echoed(speech * 2, result.audio_frames)
     assert w.metric("avr_calls_ended_total", {"reason": "protocol_error"}) == len(BAD_FRAMES)
     assert w.metric("avr_calls_ended_total", {"reason": "hangup"}) == 1
     assert w.metric("avr_active_calls") == 0
@@ -228,7 +220,7 @@ async def test_sigterm_lets_relayed_calls_finish_then_exits_zero(
     results = await asyncio.gather(*calls)
     for r in results:
         assert_framed_and_paced(r)
-        assert_echoed(audio, r.audio_frames)
+        assert_speech_echoed(audio, r.audio_frames)
     assert await asyncio.to_thread(w.popen.wait, 10) == 0
     assert "drained: 2 call(s) finished, 0 ended at the deadline" in w.log
 
