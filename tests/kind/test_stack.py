@@ -295,9 +295,16 @@ def test_the_hpa_follows_calls_on_real_pods_through_prometheus(stack: Stack) -> 
         pytest.skip("Prometheus and prometheus-adapter run beside the local control plane only")
     from avr_devcluster.prometheus import PrometheusMetrics, Target  # noqa: PLC0415 - the local cluster's extra
 
-    autoscaling = {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "behavior": FAST_SCALING}
+    # One pod could hold every call (20), so none is refused while a new pod starts; the HPA aims at 5 per pod.
+    autoscaling = {
+        "enabled": True,
+        "minReplicas": 1,
+        "maxReplicas": 3,
+        "targetQueueLength": 5,
+        "behavior": FAST_SCALING,
+    }
     # `autoscaling` sits beside `core` in the spec
-    body = avr_deployment(cluster.images.runtime, replicas=1, env=ROLLED, maxConcurrentCalls=10)
+    body = avr_deployment(cluster.images.runtime, replicas=1, env=ROLLED, maxConcurrentCalls=20)
     body["spec"]["autoscaling"] = autoscaling
     rules = ROOT / "charts" / "avr-operator" / "files" / "prometheus-adapter-rules.yaml"
     with PrometheusMetrics(cluster.local, rules) as metrics:
@@ -326,7 +333,7 @@ def test_the_hpa_follows_calls_on_real_pods_through_prometheus(stack: Stack) -> 
 
             async def ramp() -> list[CallResult]:
                 tasks = []
-                for _ in range(20):  # one a second: 20 calls want ceil(20 / 7) = 3 pods
+                for _ in range(20):  # one a second: 20 calls want ceil(20 / 5) = 4 pods, capped at 3
                     call = place_call(host, port, long_speech, tail_s=0.6, time_limit=120)
                     tasks.append(asyncio.create_task(call))
                     replicas_seen.append(await asyncio.to_thread(replicas))
