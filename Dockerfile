@@ -9,14 +9,12 @@ ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
 # --- build: a wheel of one side, installed with its extra into a virtual environment ---------------------
 FROM ${PYTHON_IMAGE} AS build
-# PYTHONSAFEPATH: the sources' operator/ folder, in the working directory, must not shadow the stdlib module.
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONSAFEPATH=1
+    PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-# A C compiler for the compiled data planes (runtime/server/_relay.c, runtime/reference/_echo.c), and Python's
-# headers where the base image lacks them (Debian's python3); only this stage has them.
+# A C compiler for the compiled data planes (runtime/avr_runtime/server/_relay.c and reference/_echo.c), and
+# Python's headers where the base image lacks them (Debian's python3); only this stage has them.
 RUN headers=$(python -c "import sysconfig; print(sysconfig.get_paths()['include'])") \
     && extra=$([ -f "$headers/Python.h" ] || echo python3-dev) \
     && apt-get update \
@@ -43,6 +41,7 @@ RUN AVR_PACKAGES=avr_operator /opt/build/bin/pip wheel --no-deps --wheel-dir /wh
     && /opt/venv/bin/pip uninstall --yes pip setuptools wheel
 
 # --- base: the interpreter and the virtual environment, nothing to build with ---------------------------
+# PYTHONSAFEPATH: the working directory is the writable /tmp, so `python -c` (the health check) never imports from it.
 FROM ${PYTHON_IMAGE} AS base
 ENV PATH=/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \

@@ -8,5 +8,5 @@ check:  ## lint, type-check and the import layers (installs what is needed first
 bench:
 	scripts/bench
 fuzz:  ## property-based fuzzing of the parsers (20,000 inputs each) and the data plane's framing (5,000)
-	scripts/bootstrap && HYPOTHESIS_PROFILE=fuzz PYTHONSAFEPATH=1 .venv/bin/pytest -q -p no:cacheprovider \
+	scripts/bootstrap && HYPOTHESIS_PROFILE=fuzz .venv/bin/pytest -q -p no:cacheprovider \
 		--hypothesis-show-statistics tests/unit/test_parser_properties.py tests/unit/test_relay_properties.py

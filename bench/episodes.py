@@ -2,8 +2,8 @@
 tells apart a tail spread over the whole window (the worker adds latency to every call now and then) from one made
 of a few episodes that hit every call at once (something took a core away for a few milliseconds).
 
-    .venv/bin/python -P bench/runtime_load.py --calls 500 --opus-calls "" --frame-log /tmp/frames
-    .venv/bin/python -P bench/episodes.py /tmp/frames/worker-500.frames
+    .venv/bin/python bench/runtime_load.py --calls 500 --opus-calls "" --frame-log /tmp/frames
+    .venv/bin/python bench/episodes.py /tmp/frames/worker-500.frames
 
 An episode is a run of 20 ms bins of send time, at most 60 ms apart, holding frames over the threshold. For each
 one it prints how long the frames leaving the load generator paused at most (its own stall) and how long the

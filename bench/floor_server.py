@@ -2,7 +2,7 @@
 
 Each 0x10 frame is written straight back and nothing else happens, so what the load generator measures here
 is the cost of the sockets, the event loop and the client itself. The worker's figures minus these are
-what the worker adds. Run: ``python -P bench/floor_server.py --port 5099``.
+what the worker adds. Run: ``python bench/floor_server.py --port 5099``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Operator load benchmark: many AVRDeployments at once against the local control plane.
 
-    .venv/bin/python -P bench/operator_load.py [--resources 200] [--rss-at 200,1000] [--resync 20]
+    .venv/bin/python bench/operator_load.py [--resources 200] [--rss-at 200,1000] [--resync 20]
 
 Starts a local control plane (or uses the running `avr-devcluster up` of KUBECONFIG with USE_EXISTING_CLUSTER=1),
 runs `avr-operator run` as a process under its own ServiceAccount (so the audit log tells its writes apart), creates
@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import client, config
+
 from avr_devcluster import demo
 from avr_devcluster.api import ApiClient
 from avr_devcluster.processes import Process, Supervisor
-from kubernetes import client, config
-
 from avr_operator.api.resource import AVRDeployment
 from avr_operator.constants import API_VERSION, GROUP, PLURAL, VERSION
 from avr_operator.render.bundle import render

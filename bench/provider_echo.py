@@ -1,6 +1,6 @@
 """CPU per echoed message of the reference STS provider: compiled echo engine, Protocol server, aiohttp route.
 
-Run from the repository root: ``.venv/bin/python -P bench/provider_echo.py [--sessions 500] [--seconds 5]``.
+Run from the repository root: ``.venv/bin/python bench/provider_echo.py [--sessions 500] [--seconds 5]``.
 
 The load benchmark runs the echo provider on the load generator's core, so its cost per message decides how many
 calls the benchmark can drive. This starts ``avr-runtime provider`` three ways in turn: ``sts`` (the compiled echo
@@ -107,7 +107,7 @@ async def drive(port: int, sessions: int, seconds: float, pid: int) -> Result:
 
 def measure(name: str, args: list[str], sessions: int, seconds: float) -> Result:
     port = free_port()
-    cmd = [sys.executable, "-P", "-m", "avr_runtime", "provider", *args, "--port", str(port)]
+    cmd = [sys.executable, "-m", "avr_runtime", "provider", *args, "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if TWO_CORES:
         os.sched_setaffinity(proc.pid, {1})

@@ -3,7 +3,7 @@ on socketpairs, caller frames in and provider audio messages in, every pass of t
 first slot far ahead so no slot depends on the clock. The count inside Engine.run is the same on every run, so a
 change to the data plane can be compared before and after on a shared machine.
 
-    valgrind --tool=callgrind --toggle-collect=Engine_run .venv/bin/python -P bench/relay_instructions.py 2000
+    valgrind --tool=callgrind --toggle-collect=Engine_run .venv/bin/python bench/relay_instructions.py 2000
 """
 
 from __future__ import annotations

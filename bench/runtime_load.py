@@ -1,6 +1,6 @@
 """Load benchmark for the worker: N concurrent real-time calls, CPU, memory, latency and delivery per N.
 
-Run from the repository root: ``.venv/bin/python -P bench/runtime_load.py [--calls 50,100] [--seconds 10]``.
+Run from the repository root: ``.venv/bin/python bench/runtime_load.py [--calls 50,100] [--seconds 10]``.
 
 Three legs, each against fresh server processes, with the server pinned to one core and the load generator
 plus the echo STS provider pinned to the other, so "per core" figures mean what they say:
@@ -199,7 +199,7 @@ def tcp_open(port: int) -> bool:
         return False
 
 
-PY: Final = [sys.executable, "-P"]
+PY: Final = [sys.executable]
 
 
 def start_provider(core: int | None, echo: str = "c") -> tuple[Proc, int]:

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from procs import Proc, ProviderFactory, WorkerFactory, free_port, sts_url
+
 from avr_devcluster.binaries import MissingBinariesError
 from avr_devcluster.prometheus import PrometheusServer, Target
 from avr_devcluster.testing import in_ci
-from procs import Proc, ProviderFactory, WorkerFactory, free_port, sts_url
-
 from avr_runtime.client.audiosocket import CallResult, place_call
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from avr_devcluster.testing import ClusterUnderTest, cluster_session
 from kubernetes import client, config
+
+from avr_devcluster.testing import ClusterUnderTest, cluster_session
 
 HERE = Path(__file__).resolve().parent
 

@@ -7,11 +7,12 @@ import subprocess
 import time
 
 import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
 from avr_devcluster import eventually
 from avr_devcluster.binaries import pinned_version
 from avr_devcluster.testing import ClusterUnderTest
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 QUEUE_METRIC = "avr_queue_length"
 

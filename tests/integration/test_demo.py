@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 import yaml
+
 from avr_devcluster import demo
 from avr_devcluster.testing import ClusterUnderTest
 
@@ -63,8 +64,8 @@ def test_call_lines() -> None:
 
 def test_full_demo_against_the_session_cluster(cluster: ClusterUnderTest) -> None:
     local = cluster.require_local()
-    env = dict(os.environ, USE_EXISTING_CLUSTER="1", KUBECONFIG=str(cluster.kubeconfig), PYTHONSAFEPATH="1")
-    argv = [sys.executable, "-P", "-m", "avr_devcluster.cli", "demo", "--bin-dir", str(local.bin_dir)]
+    env = dict(os.environ, USE_EXISTING_CLUSTER="1", KUBECONFIG=str(cluster.kubeconfig))
+    argv = [sys.executable, "-m", "avr_devcluster.cli", "demo", "--bin-dir", str(local.bin_dir)]
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout

@@ -29,12 +29,12 @@ from typing import Any
 
 import pytest
 import yaml
-from avr_devcluster.binaries import MissingBinariesError
-from avr_devcluster.prometheus import PrometheusMetrics, Target
-from avr_devcluster.testing import ClusterUnderTest, in_ci
 from kubernetes import client
 from procs import Proc, free_port, spawn, wait_healthy
 
+from avr_devcluster.binaries import MissingBinariesError
+from avr_devcluster.prometheus import PrometheusMetrics, Target
+from avr_devcluster.testing import ClusterUnderTest, in_ci
 from avr_operator.api.resource import AVRDeployment
 from avr_operator.render.bundle import render
 from avr_operator.render.names import CORE, child_name

@@ -16,10 +16,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from avr_devcluster import eventually
 from kubernetes import client
 from procs import Proc, free_port, spawn, sts_url, wait_healthy
 
+from avr_devcluster import eventually
 from avr_runtime.client.audiosocket import place_call
 from avr_runtime.client.speech import sample_speech
 

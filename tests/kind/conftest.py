@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from node_tier import Images, NodeCluster, cannot
+
 from avr_devcluster import node
 from avr_devcluster.binaries import MissingBinariesError
 from avr_devcluster.cluster import DevCluster
-from node_tier import Images, NodeCluster, cannot
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

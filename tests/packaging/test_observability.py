@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from avr_devcluster.binaries import MissingBinariesError, locate
 from avr_devcluster.testing import in_ci
 

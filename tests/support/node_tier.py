@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+
 from avr_devcluster.testing import in_ci
 
 IMAGES_ENV = "AVR_IMAGES"

@@ -109,7 +109,7 @@ def spawn(args: list[str], env: dict[str, str], tmp: Path, name: str, prefix: Se
     if "AVR_SANITIZER_PRELOAD" in os.environ:  # scripts/sanitize: the Python children run the sanitized build too
         env = {**env, "LD_PRELOAD": os.environ["AVR_SANITIZER_PRELOAD"]}
     popen = subprocess.Popen(
-        [*prefix, sys.executable, "-P", "-m", "avr_runtime", *args], env=env, stdout=out, stderr=subprocess.STDOUT
+        [*prefix, sys.executable, "-m", "avr_runtime", *args], env=env, stdout=out, stderr=subprocess.STDOUT
     )
     return Proc(popen, log_path)
 

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the compiled data plane's framing (runtime/server/_relay.c) through real sockets:
+"""Property-based fuzzing of the compiled data plane's framing (avr_runtime/server/_relay.c) through real sockets:
 streams of frames in arbitrary splits, and arbitrary bytes, from both Asterisk's side and the provider's. The
 engine relays exactly the audio and hands every other byte to Python, in order; garbage never crashes it. Run
 under AddressSanitizer by scripts/sanitize as well, where any memory error aborts the run.

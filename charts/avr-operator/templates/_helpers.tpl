@@ -61,7 +61,7 @@ namespace with scope namespaced, else none (every namespace).
 {{- end }}
 
 {{/*
-What the operator does inside a namespace it watches (operator/apply, operator/handlers and kopf):
+What the operator does inside a namespace it watches (avr_operator.apply, avr_operator.handlers and kopf):
 - AVRDeployments: kopf lists and watches them, the reconciler reads one (get) and merge-patches its status;
   children carry an ownerReference with blockOwnerDeletion, which needs update on the finalizers subresource.
 - Children: server-side apply (patch; create when the object is new), dry-run applies, get of the live object,

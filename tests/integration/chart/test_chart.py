@@ -25,12 +25,12 @@ from typing import Any
 
 import pytest
 import yaml
-from avr_devcluster import eventually
-from avr_devcluster.binaries import locate
-from avr_devcluster.testing import ClusterUnderTest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from avr_devcluster import eventually
+from avr_devcluster.binaries import locate
+from avr_devcluster.testing import ClusterUnderTest
 from avr_operator.api.crd import crd_manifest
 from avr_operator.constants import CRD_NAME, GROUP, PLURAL, VERSION
 
@@ -400,7 +400,7 @@ def test_operator_runs_with_the_charts_service_account(
     args += [f"--liveness=http://127.0.0.1:{liveness}/healthz", f"--metrics-port={metrics}"]
     log_path = tmp_path / "operator.log"
     env = {k: v for k, v in os.environ.items() if k not in ("KUBERNETES_SERVICE_HOST", "KUBECONFIG")}
-    env |= {"KUBECONFIG": str(kubeconfig), "PYTHONSAFEPATH": "1"}
+    env |= {"KUBECONFIG": str(kubeconfig)}
     with log_path.open("wb") as log:
         proc = subprocess.Popen([str(OPERATOR), *args], cwd=tmp_path, env=env, stdout=log, stderr=log)
     try:
@@ -450,7 +450,7 @@ def test_liveness_probe_matches_the_operator(tools: Tools) -> None:
     port = _free_port()
     proc = subprocess.Popen(
         [str(OPERATOR), "run", "--namespace=none", f"--liveness=http://127.0.0.1:{port}/healthz", "--metrics-port=0"],
-        env={**os.environ, "KUBECONFIG": str(tools.kubeconfig), "PYTHONSAFEPATH": "1"},
+        env={**os.environ, "KUBECONFIG": str(tools.kubeconfig)},
         cwd=tools.home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from avr_devcluster import eventually
-from avr_devcluster.testing import ClusterUnderTest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from avr_devcluster import eventually
+from avr_devcluster.testing import ClusterUnderTest
 from avr_operator.api.crd import crd_manifest
 from avr_operator.constants import CRD_NAME
 from tests.integration.operator.helpers import OperatorEnv, operator_env

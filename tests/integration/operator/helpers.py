@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import client
+from procs import free_port
+
 from avr_devcluster import eventually
 from avr_devcluster.audit import WriteRequest
 from avr_devcluster.binaries import locate
 from avr_devcluster.testing import ClusterUnderTest
-from kubernetes import client
-from procs import free_port
-
 from avr_operator.constants import (
     API_VERSION,
     FIELD_MANAGER,
@@ -323,7 +323,7 @@ def _killed_with_parent() -> None:
 
 def _operator_command() -> list[str]:
     script = Path(sys.executable).parent / "avr-operator"
-    return [str(script)] if script.exists() else [sys.executable, "-P", "-m", "avr_operator.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "avr_operator.cli"]
 
 
 @dataclass
@@ -353,7 +353,7 @@ class OperatorProcess:
             "--metrics-port",
             str(self.metrics_port),
         ]
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONSAFEPATH": "1"}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         with self.log_path.open("ab") as log:
             log.write(f"--- {' '.join(argv)}\n".encode())
             self.popen = subprocess.Popen(

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from avr_devcluster import eventually
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from avr_devcluster import eventually
 from avr_operator.constants import API_VERSION, KIND, LABEL_INSTANCE
 from tests.integration.operator.helpers import (
     Obj,

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from avr_devcluster.testing import ClusterUnderTest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from avr_devcluster.testing import ClusterUnderTest
 from avr_operator.api.spec import AudioSpec, AVRDeploymentSpec, CoreSpec, LoggingSpec
 from tests.integration.operator.helpers import Obj, create, kubectl, minimal
 

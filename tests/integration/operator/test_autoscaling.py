@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 import pytest
-from avr_devcluster import eventually
 from kubernetes import client
 
+from avr_devcluster import eventually
 from avr_operator.constants import FIELD_MANAGER, LABEL_COMPONENT, LABEL_INSTANCE
 from tests.integration.operator.helpers import (
     EXAMPLES,

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from avr_devcluster import eventually
 from kubernetes import client
 
+from avr_devcluster import eventually
 from avr_operator.api.resource import AVRDeployment
 from avr_operator.constants import API_VERSION, KIND, LABEL_INSTANCE
 from avr_operator.render.components import PROVIDER_URLS

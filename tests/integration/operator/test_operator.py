@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from avr_devcluster import eventually
-from avr_devcluster.testing import ClusterUnderTest
 from kopf.testing import KopfRunner
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from avr_devcluster import eventually
+from avr_devcluster.testing import ClusterUnderTest
 from avr_operator.constants import GROUP, PLURAL, VERSION
 from tests.integration.operator.helpers import EXAMPLES, MINIMAL, create, custom, example, get
 

@@ -8,9 +8,9 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from avr_devcluster import eventually
 from kubernetes import client
 
+from avr_devcluster import eventually
 from avr_operator.constants import API_VERSION, GROUP, KIND, LABEL_COMPONENT, LABEL_INSTANCE, PLURAL, VERSION
 from tests.integration.operator.helpers import (
     OperatorEnv,

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from avr_devcluster import eventually
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from avr_devcluster import eventually
 from avr_operator.api.resource import AVRDeployment
 from avr_operator.render.bundle import render
 from avr_operator.render.policy import DELETION_COST, POLICY_NAME, worker_pod_policy

@@ -116,5 +116,5 @@ def to_yaml(obj: Any) -> str:
 
 
 def crd_yaml() -> str:
-    header = "# Generated from the models in operator/api by `avr-operator crd`: do not edit by hand.\n"
+    header = "# Generated from the models in operator/avr_operator/api by `avr-operator crd`: do not edit by hand.\n"
     return header + to_yaml(crd_manifest())

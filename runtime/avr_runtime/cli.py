@@ -101,7 +101,7 @@ def wait_http(url: str, timeout: float = 15.0) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     """Reference provider + worker as processes, one sample call through them, then a graceful stop."""
-    exe = [sys.executable, "-P", "-m", "avr_runtime"]
+    exe = [sys.executable, "-m", "avr_runtime"]
     provider_port, as_port, http_port = free_port(), free_port(), free_port()
     env = dict(os.environ, PORT=str(as_port), HTTP_PORT=str(http_port), HOST="127.0.0.1", LOG_FORMAT="text")
     if args.mode == "sts":

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-BUILD_SCRIPT = Path(__file__).resolve().parent / "build.sh"
+BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "build.sh"
 BIN_ENV = "AVR_CLUSTER_BIN"
 
 BINARIES = (

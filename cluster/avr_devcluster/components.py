@@ -15,7 +15,7 @@ from .certs import Pki
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"  # the first address of SERVICE_CIDR: the `kubernetes` Service
 HPA_DOWNSCALE_STABILIZATION = "10s"  # upstream's 5m default would make scale-down tests crawl
-STAGES = Path(__file__).resolve().parent / "kwok" / "stages.yaml"
+STAGES = Path(__file__).resolve().parents[1] / "kwok" / "stages.yaml"
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from .api import ApiClient
 from .cluster import STATE_FILE, DevCluster
 from .processes import ComponentExitedError, Process, Supervisor, excerpt, free_port, wait_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_EXAMPLE = REPO / "examples" / "sts-openai.yaml"
 NAMESPACE = "avr-demo"
 EXISTING_ENV = "USE_EXISTING_CLUSTER"
@@ -159,11 +159,11 @@ def call_lines(summary: Mapping[str, Any]) -> list[str]:
 
 
 def operator_command(*args: str) -> list[str]:
-    return [sys.executable, "-P", "-m", "avr_operator.cli", *args]
+    return [sys.executable, "-m", "avr_operator.cli", *args]
 
 
 def runtime_command(*args: str) -> list[str]:
-    return [sys.executable, "-P", "-m", "avr_runtime", *args]
+    return [sys.executable, "-m", "avr_runtime", *args]
 
 
 # -- the cluster the demo (or the benchmark) uses ---
