@@ -26,8 +26,8 @@
  *
  * The module is one translation unit made of its parts, each by concern, in the order they build on each other (as
  * redis builds ae.c from ae_epoll.c and its siblings): the shared byte buffers, WebSocket framing and read loop
- * (runtime/_c/, shared with the echo engine), then this module's own, under runtime/_c/relay/. One unit keeps the
- * hot path's small functions inlinable across the parts and every helper static.
+ * (avr_runtime/_c/, shared with the echo engine), then this module's own, under avr_runtime/_c/relay/. One unit
+ * keeps the hot path's small functions inlinable across the parts and every helper static.
  */
 #include "buffer.h"
 #include "reader.h"
