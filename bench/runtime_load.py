@@ -199,12 +199,9 @@ def tcp_open(port: int) -> bool:
         return False
 
 
-PY: Final = [sys.executable]
-
-
 def start_provider(core: int | None, echo: str = "c") -> tuple[Proc, int]:
     port = free_port()
-    cmd = [*PY, "-m", "avr_runtime", "provider", "sts", "--port", str(port), "--echo", echo]
+    cmd = [sys.executable, "-m", "avr_runtime", "provider", "sts", "--port", str(port), "--echo", echo]
     proc = spawn("provider", cmd, core)
     wait_until(proc, lambda: http_ok(f"http://{HOST}:{port}/health"))
     return proc, port
@@ -234,14 +231,14 @@ def start_worker(core: int | None, sts_port: int, max_calls: int, fast_path: boo
         SOURCE_RATE_LIMIT="1000000",
         FAST_PATH="true" if fast_path else "false",
     )
-    proc = spawn("worker", [*PY, "-m", "avr_runtime", "serve"], core, env)
+    proc = spawn("worker", [sys.executable, "-m", "avr_runtime", "serve"], core, env)
     wait_until(proc, lambda: http_ok(f"http://{HOST}:{http_port}/ready"))
     return Server(proc, port, http_port)
 
 
 def start_floor(core: int | None) -> Server:
     port = free_port()
-    proc = spawn("floor", [*PY, str(HERE / "floor_server.py"), "--port", str(port)], core)
+    proc = spawn("floor", [sys.executable, str(HERE / "floor_server.py"), "--port", str(port)], core)
     wait_until(proc, lambda: tcp_open(port))
     return Server(proc, port)
 
